@@ -1,0 +1,573 @@
+"""The saga state machine: replay, step decisions, attempts, the undo log.
+
+It never calls user code. The sync and async drivers (``_drivers.py``) call the step
+and compensation functions and sleep; everything else — what is cached, what is
+retried and how long to wait, what is written, what is compensated — is decided here,
+once, for both.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import tenacity
+from tenacity import RetryCallState
+
+from ._hooks import (
+    _RUN,
+    _STEP,
+    Event,
+    EventKind,
+    Observer,
+    RunContext,
+    StepContext,
+    StepKind,
+    global_observers,
+)
+from ._ledger import LLMCall
+from ._retry import RetryPolicy
+from ._serde import error_text, input_hash
+from ._store import LLMRecord, RunRecord, RunStatus, StepRecord
+from .errors import (
+    BudgetExceededError,
+    NeedsAttentionError,
+    NonDeterminismError,
+    SagaError,
+)
+
+if TYPE_CHECKING:
+    from ._saga import Saga
+
+__all__ = ["Execution", "RunEngine", "StopReplay", "fold_rows"]
+
+Mode = Literal["run", "rollback"]
+
+
+class StopReplay(BaseException):  # noqa: N818 - control flow, not an error
+    """Ends a rollback replay at the first step that did not complete.
+
+    A ``BaseException`` so that a workflow's own ``except Exception`` cannot swallow it.
+    """
+
+
+@dataclass(slots=True)
+class _History:
+    """What the store says of one step position, derived from its attempt rows."""
+
+    name: str
+    kind: str
+    attempts: int = 0
+    comp_attempts: int = 0
+    done: StepRecord | None = None  # the output to reuse, if still valid
+    live: bool = False  # an attempt started after the last completed compensation
+    comp_failed: bool = False  # the last compensation attempt failed
+    inputs: str | None = None
+
+
+@dataclass(slots=True)
+class Execution:
+    """One step or compensation being executed, across its attempts."""
+
+    seq: int
+    name: str
+    kind: StepKind
+    phase: Literal["step", "comp"]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    policy: RetryPolicy
+    input_hash: str | None
+    inputs: str | None
+    attempt: int  # the next attempt number, counted over the run's whole history
+    ctx: StepContext | None = None
+    ord: int = 0
+    started: float = 0.0
+    first_started: float | None = None
+    local_attempts: int = 0
+    retry_state: RetryCallState | None = None
+    undo: _Undo | None = None
+
+
+@dataclass(slots=True)
+class _Undo:
+    """A compensation registered when its step started; unwound in reverse."""
+
+    seq: int
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inputs: str | None
+    policy: RetryPolicy
+    output: Any = None
+
+
+def fold_row(history: dict[int, _History], row: StepRecord) -> bool:
+    """Fold one attempt row into ``history``; ``True`` if it completed a pivot step."""
+    hist = history.get(row.seq)
+    if hist is None:
+        hist = history[row.seq] = _History(row.name, row.kind)
+    if row.phase == "step":
+        hist.attempts = max(hist.attempts, row.attempt)
+        hist.live = True
+        hist.comp_failed = False
+        hist.done = row if row.status == "done" else None
+        if row.inputs is not None:
+            hist.inputs = row.inputs
+        return row.kind == "pivot" and row.status == "done"
+    hist.comp_attempts = max(hist.comp_attempts, row.attempt)
+    if row.status == "done":
+        hist.live = False
+        hist.done = None
+        hist.comp_failed = False
+    elif row.status == "failed":
+        hist.comp_failed = True
+    return False
+
+
+def fold_rows(rows: list[StepRecord]) -> dict[int, _History]:
+    """The history of every step position of a run."""
+    history: dict[int, _History] = {}
+    for row in rows:
+        fold_row(history, row)
+    return history
+
+
+class _Heartbeat:
+    """One daemon thread per process renews the lease of every run in progress."""
+
+    def __init__(self) -> None:
+        self._runs: weakref.WeakSet[RunEngine] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, engine: RunEngine) -> None:
+        with self._lock:
+            self._runs.add(engine)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="saga-core-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, engine: RunEngine) -> None:
+        with self._lock:
+            self._runs.discard(engine)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                engines = list(self._runs)
+            interval = min((e.lease_seconds / 3 for e in engines), default=5.0)
+            self._wake.wait(max(interval, 0.05))
+            for engine in engines:
+                engine.heartbeat()
+
+
+_HEARTBEAT = _Heartbeat()
+
+
+class RunEngine:
+    """The state of one owner's execution of one run."""
+
+    def __init__(
+        self,
+        saga: Saga,
+        key: str,
+        record: RunRecord,
+        rows: list[StepRecord],
+        *,
+        mode: Mode = "run",
+        budget_usd: float | None = None,
+    ) -> None:
+        self.saga = saga
+        self.key = key
+        self.record = record
+        self.run_id = record.id
+        self.generation = record.generation
+        self.mode: Mode = mode
+        self.store = saga.store
+        self.clock = saga.clock
+        self.serializer = saga.serializer
+        self.lease_seconds = saga.lease_seconds
+        self.budget_usd = budget_usd
+        self.observers: list[Observer] = [*saga.observers, *global_observers()]
+        self.seq = 0
+        self.undo: list[_Undo] = []
+        self.failed_step: tuple[int, str] | None = None
+        self.rng = random.Random(f"{saga.seed}:{key}") if saga.seed is not None else random.Random()
+        self.spent_usd = 0.0
+        self._retrying: dict[int, tenacity.Retrying] = {}
+        self._last_renewal = self.clock.time()
+        self._load(rows)
+        if budget_usd is not None:
+            self.spent_usd = sum(r.cost_usd or 0.0 for r in self.store.llm_records(self.run_id))
+
+    # ------------------------------------------------------------------ history
+
+    def _load(self, rows: list[StepRecord]) -> None:
+        self.history: dict[int, _History] = {}
+        self.next_ord = 1
+        self.pivot_done = False
+        for row in rows:
+            self._apply(row)
+
+    def _apply(self, row: StepRecord) -> None:
+        """Fold one attempt row into the history (loading, and after each write)."""
+        if row.ord >= self.next_ord:
+            self.next_ord = row.ord + 1
+        if fold_row(self.history, row):
+            self.pivot_done = True
+
+    def outstanding(self) -> list[tuple[int, str]]:
+        """Compensable steps whose effect is live and whose compensation last failed."""
+        return [
+            (seq, h.name)
+            for seq, h in sorted(self.history.items())
+            if h.live and h.comp_failed
+        ]
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, kind: EventKind, ex: Execution | None = None, **fields: Any) -> None:
+        if not self.observers:
+            return
+        if ex is not None:
+            fields.setdefault("seq", ex.seq)
+            fields.setdefault("name", ex.name)
+            fields.setdefault("step_kind", ex.kind)
+            fields.setdefault("attempt", ex.ctx.attempt if ex.ctx else ex.attempt)
+            fields.setdefault("idempotency_key", self.idempotency_key(ex.seq, ex.name))
+        event = Event(kind, self.saga.name, self.key, **fields)
+        for observer in self.observers:
+            observer(event)
+
+    def idempotency_key(self, seq: int, name: str) -> str:
+        return f"{self.saga.name}:{self.key}:{seq}:{name}"
+
+    # ------------------------------------------------------------------ run context
+
+    def enter(self) -> contextvars.Token[Any]:
+        """Make this run current (for ``current_run()`` and the LLM meter)."""
+        _HEARTBEAT.add(self)
+        self.emit("run_start", status=self.record.status)
+        return _RUN.set((RunContext(self.saga.name, self.key, self.generation), self.on_llm_call))
+
+    def leave(self, token: contextvars.Token[Any]) -> None:
+        _HEARTBEAT.discard(self)
+        _RUN.reset(token)
+
+    def heartbeat(self) -> None:
+        """Renew the lease (called from the heartbeat thread)."""
+        now = self.clock.time()
+        try:
+            self.store.renew(self.run_id, self.generation, now + self.lease_seconds)
+        except SagaError:
+            _HEARTBEAT.discard(self)  # lost: the next checkpoint write will say so
+        else:
+            self._last_renewal = now
+
+    # ------------------------------------------------------------------ steps
+
+    def enter_step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        compensate: Callable[..., Any] | None,
+        pivot: bool,
+        retry: RetryPolicy | None,
+        compensate_retry: RetryPolicy | None,
+    ) -> tuple[bool, Any, Execution | None]:
+        """Decide what a step call does: ``(True, output, None)`` to reuse a checkpoint,
+        ``(False, None, execution)`` to execute it. Raises ``StopReplay`` in rollback mode."""
+        if compensate is not None and pivot:
+            raise SagaError(
+                f"saga_core: step {name!r} is declared both pivot and compensable; a pivot is "
+                "the point of no return and has no compensation. Drop one of the two."
+            )
+        self.seq += 1
+        seq = self.seq
+        kind: StepKind = "pivot" if pivot else "compensable" if compensate else "pure"
+        hist = self.history.get(seq)
+        if hist is not None and hist.name != name:
+            raise NonDeterminismError(
+                f"saga_core: run {self.key!r} recorded step {seq} as {hist.name!r}, but the "
+                f"workflow now calls {name!r} there. The workflow's step order changed since "
+                "this run started; nothing was written. Restore the old order to finish this "
+                f"run, use a new run key, or fork(key, from_step={seq}) to redo it from there."
+            )
+        inputs = self.serializer.dump_inputs(name, args, kwargs)
+        digest = input_hash(inputs)
+        undo: _Undo | None = None
+        if compensate is not None:
+            undo = _Undo(
+                seq, name, compensate, args, kwargs, inputs,
+                compensate_retry or self.saga.compensate_retry,
+            )
+        if hist is not None and hist.done is not None:
+            if self.mode == "rollback" or hist.done.input_hash == digest:
+                output = self.serializer.load(hist.done.output)
+                if undo is not None and hist.live:
+                    undo.output = output
+                    self.undo.append(undo)
+                self.emit("step_cached", None, seq=seq, name=name, step_kind=kind,
+                          attempt=hist.done.attempt,
+                          idempotency_key=self.idempotency_key(seq, name))
+                return True, output, None
+            self.emit("step_input_changed", None, seq=seq, name=name, step_kind=kind,
+                      idempotency_key=self.idempotency_key(seq, name))
+        if self.mode == "rollback":
+            if undo is not None and hist is not None and hist.live:
+                self.undo.append(undo)
+            raise StopReplay
+        if undo is not None:
+            self.undo.append(undo)
+        return False, None, Execution(
+            seq=seq,
+            name=name,
+            kind=kind,
+            phase="step",
+            fn=fn,
+            args=args,
+            kwargs=kwargs,
+            policy=retry or self.saga.retry,
+            input_hash=digest,
+            inputs=inputs if undo is not None else None,
+            attempt=(hist.attempts if hist else 0) + 1,
+            undo=undo,
+        )
+
+    # ------------------------------------------------------------------ attempts
+
+    def begin_attempt(self, ex: Execution) -> contextvars.Token[StepContext | None]:
+        """Start one attempt: budget gate, context, the 'running' row of a compensable step."""
+        if self.budget_usd is not None and self.spent_usd >= self.budget_usd:
+            raise BudgetExceededError(
+                f"saga_core: run {self.key!r} has spent ${self.spent_usd:.4f} of its "
+                f"${self.budget_usd:.4f} budget; step {ex.name!r} was not attempted. Raise "
+                "the budget or fix what is failing, then run the same key again."
+            )
+        ex.ctx = StepContext(
+            self.saga.name, self.key, ex.seq, ex.name, ex.kind, ex.attempt,
+            self.idempotency_key(ex.seq, ex.name), ex.phase == "comp",
+        )
+        ex.started = now = self.clock.time()
+        if ex.first_started is None:
+            ex.first_started = self.clock.monotonic()
+        ex.ord = self.next_ord
+        self.next_ord += 1
+        if ex.kind == "compensable" and ex.phase == "step":
+            # Registered durably before the effect, so a crash mid-step is still compensated.
+            self._write(ex, "running", None, None, now, None)
+        return _STEP.set(ex.ctx)
+
+    def announce(self, ex: Execution) -> None:
+        """Tell observers the attempt starts; an observer that raises fails the attempt."""
+        self.emit("compensation_start" if ex.phase == "comp" else "step_start", ex)
+
+    def end_attempt(self, token: contextvars.Token[StepContext | None]) -> None:
+        _STEP.reset(token)
+
+    def succeeded(self, ex: Execution, value: Any) -> Any:
+        """Checkpoint a successful attempt; returns the output as replay will return it."""
+        text = self.serializer.dump_output(ex.name, value) if ex.phase == "step" else None
+        self._write(ex, "done", text, None, ex.started, self.clock.time())
+        output = self.serializer.load(text)
+        if ex.undo is not None:
+            ex.undo.output = output
+        self.emit("compensation_end" if ex.phase == "comp" else "step_end", ex, status="done")
+        return output
+
+    def failed(self, ex: Execution, exc: BaseException) -> float | None:
+        """Record a failed attempt; the seconds to wait before the next, or ``None`` to give up."""
+        self._write(ex, "failed", None, error_text(exc), ex.started, self.clock.time())
+        self.emit(
+            "compensation_end" if ex.phase == "comp" else "step_end", ex,
+            status="failed", error=exc,
+        )
+        ex.attempt += 1
+        ex.local_attempts += 1
+        retrying = self._retrying.get(id(ex.policy))
+        if retrying is None:
+            retrying = self._retrying[id(ex.policy)] = ex.policy.retrying(
+                self.rng, self.clock.time, self.budget_left
+            )
+        rs = ex.retry_state
+        if rs is None:
+            rs = ex.retry_state = RetryCallState(retrying, None, (), {})
+            rs.start_time = ex.first_started or self.clock.monotonic()
+        rs.attempt_number = ex.local_attempts
+        rs.set_exception((type(exc), exc, exc.__traceback__))
+        rs.outcome_timestamp = self.clock.monotonic()  # deadlines run on the engine's clock
+        try:
+            action = retrying.iter(rs)
+        except BaseException:
+            return None  # tenacity re-raised: stop or not transient
+        if not isinstance(action, tenacity.DoSleep):  # pragma: no cover - tenacity contract
+            return None
+        wait = float(action)
+        self.emit("retry", ex, error=exc, wait=wait)
+        return wait
+
+    def budget_left(self) -> bool:
+        return self.budget_usd is None or self.spent_usd < self.budget_usd
+
+    def give_up(self, exc: Exception) -> Exception:
+        """The exception a step raises once retrying stopped (budget errors made explicit)."""
+        if not self.budget_left() and not isinstance(exc, BudgetExceededError):
+            budget = BudgetExceededError(
+                f"saga_core: run {self.key!r} reached its ${self.budget_usd:.4f} budget "
+                f"(spent ${self.spent_usd:.4f}); stopped retrying after: {error_text(exc)}"
+            )
+            budget.__cause__ = exc
+            return budget
+        return exc
+
+    def _write(
+        self,
+        ex: Execution,
+        status: Literal["running", "done", "failed"],
+        output: str | None,
+        error: str | None,
+        started: float,
+        ended: float | None,
+    ) -> None:
+        assert ex.ctx is not None
+        row = StepRecord(
+            ex.ord, ex.seq, ex.name, ex.kind, ex.phase, ex.ctx.attempt, status, ex.input_hash,
+            ex.inputs, output, error, started, ended, self.generation,
+        )
+        now = ended or started
+        self.store.write_step(self.run_id, self.generation, row, now + self.lease_seconds)
+        self._apply(row)
+        self.emit("checkpoint", ex, status=status)
+
+    # ------------------------------------------------------------------ LLM ledger
+
+    def on_llm_call(self, call: LLMCall, step: StepContext | None) -> None:
+        """The meter's sink: price the attempt and store it at once (kept even on failure)."""
+        cost = self.saga.prices.cost(call)
+        if step is not None and step.key == self.key:
+            seq: int | None = step.seq
+            name: str | None = step.name
+            phase: Literal["step", "comp"] | None = "comp" if step.compensating else "step"
+            attempt: int | None = step.attempt
+        else:  # a call the workflow made between steps: never cached, billed on every replay
+            seq, name, phase, attempt = self.seq, None, None, None
+        self.store.record_llm(
+            LLMRecord(self.run_id, seq, name, phase, attempt, self.generation, call, cost,
+                      self.clock.time())
+        )
+        self.spent_usd += cost or 0.0
+        self.emit("llm_call", None, seq=seq, name=name, attempt=attempt, llm_call=call)
+
+    # ------------------------------------------------------------------ compensation
+
+    def compensations(self) -> Iterator[Execution]:
+        """The undo log, newest first: one execution per live compensable step."""
+        seen: set[int] = set()
+        for undo in reversed(self.undo):
+            hist = self.history.get(undo.seq)
+            if undo.seq in seen or hist is None or not hist.live:
+                continue
+            seen.add(undo.seq)
+            yield Execution(
+                seq=undo.seq,
+                name=undo.name,
+                kind="compensable",
+                phase="comp",
+                fn=undo.fn,
+                args=(undo.output, *undo.args),
+                kwargs=undo.kwargs,
+                policy=undo.policy,
+                input_hash=None,
+                inputs=None,
+                attempt=hist.comp_attempts + 1,
+            )
+
+    def finish_failure(self, exc: BaseException, failed: list[tuple[int, str]]) -> RunStatus:
+        """Store the terminal status after compensation; ``failed`` lists what is outstanding."""
+        status: RunStatus = "needs_attention" if failed or self.pivot_done else "rolled_back"
+        text = error_text(exc)
+        if failed:
+            text += " | outstanding compensations: " + ", ".join(
+                f"step {seq} {name!r}" for seq, name in failed
+            )
+        self.store.finish(self.run_id, self.generation, status, None, text, self.clock.time())
+        self.emit("run_end", status=status, error=exc)
+        return status
+
+    def finish_success(self, result: Any) -> Any:
+        text = self.serializer.dump(result)
+        self.store.finish(self.run_id, self.generation, "succeeded", text, None, self.clock.time())
+        self.emit("run_end", status="succeeded")
+        return self.serializer.load(text)
+
+    def release_unchanged(self) -> None:
+        """Give the lease back leaving the run as it was (non-determinism: nothing written)."""
+        r = self.record
+        self.store.finish(
+            self.run_id, self.generation, r.status, r.result, r.error, self.clock.time()
+        )
+
+    def check_can_resume(self) -> None:
+        """A run with compensations outstanding must be rolled back before it runs again."""
+        outstanding = self.outstanding()
+        if self.record.status == "needs_attention" and outstanding:
+            self.release_unchanged()
+            names = ", ".join(f"step {seq} {name!r}" for seq, name in outstanding)
+            raise NeedsAttentionError(
+                f"saga_core: run {self.key!r} has outstanding compensations ({names}). Fix what "
+                f"makes them fail, call rollback({self.key!r}) to finish them, then run again."
+            )
+
+    def check_can_roll_back(self, from_seq: int = 1) -> None:
+        """Effects past a completed pivot step cannot be undone."""
+        pivots = [
+            (seq, h.name)
+            for seq, h in self.history.items()
+            if h.kind == "pivot" and h.done is not None and seq >= from_seq
+        ]
+        if pivots:
+            self.release_unchanged()
+            pivot = pivots[0][1]
+            raise NeedsAttentionError(
+                f"saga_core: run {self.key!r} passed its pivot step {pivot!r}, an effect that "
+                "cannot be undone; it can only go forward. Call run() with the same key to "
+                "retry its remaining steps."
+            )
+
+    # ------------------------------------------------------------------ fork
+
+    def resolve_step(self, step: int | str | None) -> int:
+        """The 1-based position of ``step`` (a number or a recorded step name)."""
+        names = [f"{seq} {h.name!r}" for seq, h in sorted(self.history.items())]
+        if isinstance(step, int) and not isinstance(step, bool):
+            if 1 <= step <= len(self.history) + 1:
+                return step
+        elif isinstance(step, str):
+            for seq, hist in sorted(self.history.items()):
+                if hist.name == step:
+                    return seq
+        self.release_unchanged()
+        raise SagaError(
+            f"saga_core: run {self.key!r} has no step {step!r} to fork from; its recorded "
+            f"steps are: {', '.join(names) or '(none)'}."
+        )
+
+    def forget_from(self, seq: int) -> None:
+        """Drop checkpoints from ``seq`` on and start replaying from the top again."""
+        self.store.forget_steps(self.run_id, self.generation, seq)
+        self._load(self.store.load_steps(self.run_id))
+        self.mode = "run"
+        self.seq = 0
+        self.undo = []

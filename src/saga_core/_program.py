@@ -1,0 +1,198 @@
+"""Run, rollback and fork as programs: generators that yield what to call and how long to
+sleep. The sync and async drivers interpret them, so this logic exists once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._engine import Execution, RunEngine, StopReplay
+from ._serde import error_text
+from ._store import RunStatus
+from .errors import LeaseLostError, NonDeterminismError, RunFailed, RunInProgressError, SagaError
+
+if TYPE_CHECKING:
+    from ._saga import Saga
+
+__all__ = ["Call", "Program", "attempts", "run_program"]
+
+
+class Call:
+    """Instruction: call ``fn(*args, **kwargs)`` (await it if it returns an awaitable)."""
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+# A program yields a Call (the driver sends back its result or throws its exception
+# in) or a float (seconds to sleep), and returns its result.
+Program = Generator["Call | float", Any, Any]
+HandleFactory = Callable[[RunEngine], Any]
+Mode = Literal["run", "rollback", "fork"]
+
+
+def attempts(engine: RunEngine, ex: Execution) -> Program:
+    """Attempt a step or compensation until it succeeds or retrying stops."""
+    while True:
+        token = engine.begin_attempt(ex)
+        try:
+            engine.announce(ex)
+            value = yield Call(ex.fn, ex.args, ex.kwargs)
+        except Exception as exc:
+            wait = engine.failed(ex, exc)
+            if wait is None:
+                engine.failed_step = (ex.seq, ex.name)
+                final = engine.give_up(exc)
+                if final is exc:
+                    raise
+                raise final from exc
+        else:
+            return engine.succeeded(ex, value)
+        finally:
+            engine.end_attempt(token)
+        yield wait
+
+
+def _unwind(engine: RunEngine) -> Generator[Call | float, Any, list[tuple[int, str]]]:
+    """Run the undo log newest first; a compensation that keeps failing does not stop the
+    others. Returns the ones still outstanding."""
+    failed: list[tuple[int, str]] = []
+    for ex in engine.compensations():
+        try:
+            yield from attempts(engine, ex)
+        except LeaseLostError:
+            raise
+        except Exception:
+            failed.append((ex.seq, ex.name))
+    return failed
+
+
+def _compensate(engine: RunEngine, exc: BaseException) -> Generator[Call | float, Any, RunStatus]:
+    """Terminal failure: compensate (unless past the pivot) and store the final status."""
+    failed = [] if engine.pivot_done else (yield from _unwind(engine))
+    return engine.finish_failure(exc, failed)
+
+
+def _replay_for_rollback(
+    engine: RunEngine, workflow: Call
+) -> Generator[Call | float, Any, None]:
+    """Replay completed steps to rebuild the undo log, stopping at the first incomplete one."""
+    engine.mode = "rollback"
+    try:
+        yield workflow
+    except StopReplay:
+        pass
+    except (NonDeterminismError, LeaseLostError):
+        raise
+    except Exception:  # noqa: S110 - the workflow's own failure point: stop replaying there
+        pass
+
+
+def _acquire(
+    saga: Saga, key: str, inputs: str | None, reopen: bool, wait: bool
+) -> Generator[Call | float, Any, tuple[Any, Any]]:
+    while True:
+        try:
+            return saga.store.acquire(
+                key=key, saga=saga.name, now=saga.clock.time(),
+                lease_seconds=saga.lease_seconds, inputs=inputs, reopen=reopen,
+            )
+        except RunInProgressError:
+            if not wait:
+                raise
+            yield saga.poll_seconds
+
+
+def run_program(
+    saga: Saga,
+    key: str,
+    fn: Callable[..., Any],
+    make_handle: HandleFactory,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    mode: Mode = "run",
+    wait: bool = False,
+    budget_usd: float | None = None,
+    from_step: int | str | None = None,
+) -> Program:
+    """The whole life of one call to ``run``, ``rollback`` or ``fork``."""
+    inputs = saga.serializer.dump([list(args), kwargs]) if (args or kwargs) else None
+    record, rows = yield from _acquire(saga, key, inputs, reopen=mode != "run", wait=wait)
+    if record.status == "succeeded" and mode == "run":
+        return saga.serializer.load(record.result)
+    if inputs is None and record.inputs is not None:
+        stored_args, kwargs = saga.serializer.load(record.inputs)
+        args = tuple(stored_args)
+    engine = RunEngine(
+        saga, key, record, rows, mode="run",
+        budget_usd=budget_usd if budget_usd is not None else saga.budget_usd,
+    )
+    if mode == "run":
+        engine.check_can_resume()
+    elif mode == "rollback":
+        engine.check_can_roll_back()
+    token = engine.enter()
+    try:
+        handle = make_handle(engine)
+        workflow = Call(fn, (handle, *args), kwargs)
+        if mode == "rollback":
+            yield from _replay_for_rollback(engine, workflow)
+            return (yield from _compensate(engine, SagaError("rollback requested")))
+        if mode == "fork":
+            yield from _fork(engine, workflow, from_step)
+            handle = make_handle(engine)
+            workflow = Call(fn, (handle, *args), kwargs)
+        try:
+            result = yield workflow
+        except NonDeterminismError:
+            engine.release_unchanged()
+            raise
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            status = yield from _compensate(engine, exc)
+            step = engine.failed_step
+            where = f"step {step[0]} {step[1]!r}" if step else "the workflow"
+            what = {
+                "rolled_back": "its effects were compensated",
+                "needs_attention": (
+                    f"some compensations are outstanding: finish them with rollback({key!r})"
+                    if engine.outstanding()
+                    else f"it passed its pivot step: retry forward with run(key={key!r})"
+                ),
+            }[status]
+            raise RunFailed(
+                f"saga_core: run {key!r} of saga {saga.name!r} failed in {where} "
+                f"({error_text(exc)}); it is {status}: {what}. Run the same key again to "
+                "resume without repeating completed steps.",
+                key=key, status=status, step=step[1] if step else None,
+            ) from exc
+        return engine.finish_success(result)
+    finally:
+        engine.leave(token)
+
+
+def _fork(
+    engine: RunEngine, workflow: Call, from_step: int | str | None
+) -> Generator[Call | float, Any, None]:
+    """Undo the live effects of ``from_step`` and later, and forget their checkpoints."""
+    seq = engine.resolve_step(from_step)
+    engine.check_can_roll_back(from_seq=seq)
+    yield from _replay_for_rollback(engine, workflow)
+    engine.undo = [u for u in engine.undo if u.seq >= seq]
+    failed = yield from _unwind(engine)
+    if failed:
+        status = engine.finish_failure(SagaError(f"fork from step {seq}"), failed)
+        raise RunFailed(
+            f"saga_core: fork of run {engine.key!r} from step {seq} could not undo "
+            + ", ".join(f"step {s} {n!r}" for s, n in failed)
+            + f"; the run is {status}. Fix the compensation, then call rollback() or fork().",
+            key=engine.key, status=status, step=failed[0][1],
+        )
+    engine.forget_from(seq)
