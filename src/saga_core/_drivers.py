@@ -115,7 +115,7 @@ class Run(_Handle):
         first time and on replay alike.
         """
         engine = self._engine
-        cached, output, ex = engine.enter_step(
+        output, ex = engine.enter_step(
             name, fn, args, kwargs, compensate, pivot, retry, compensate_retry
         )
         if ex is None:
@@ -142,7 +142,7 @@ class AsyncRun(_Handle):
     ) -> T:
         """Like :meth:`Run.step`; ``fn`` and ``compensate`` may be coroutine functions."""
         engine = self._engine
-        cached, output, ex = engine.enter_step(
+        output, ex = engine.enter_step(
             name, fn, args, kwargs, compensate, pivot, retry, compensate_retry
         )
         if ex is None:

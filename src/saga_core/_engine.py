@@ -49,7 +49,7 @@ __all__ = ["Execution", "RunEngine", "StopReplay", "fold_rows"]
 Mode = Literal["run", "rollback"]
 
 
-class StopReplay(BaseException):  # noqa: N818 - control flow, not an error
+class StopReplay(BaseException):
     """Ends a rollback replay at the first step that did not complete.
 
     A ``BaseException`` so that a workflow's own ``except Exception`` cannot swallow it.
@@ -286,9 +286,9 @@ class RunEngine:
         pivot: bool,
         retry: RetryPolicy | None,
         compensate_retry: RetryPolicy | None,
-    ) -> tuple[bool, Any, Execution | None]:
-        """Decide what a step call does: ``(True, output, None)`` to reuse a checkpoint,
-        ``(False, None, execution)`` to execute it. Raises ``StopReplay`` in rollback mode."""
+    ) -> tuple[Any, Execution | None]:
+        """Decide what a step call does: ``(output, None)`` to reuse a checkpoint,
+        ``(None, execution)`` to execute it. Raises ``StopReplay`` in rollback mode."""
         if compensate is not None and pivot:
             raise SagaError(
                 f"saga_core: step {name!r} is declared both pivot and compensable; a pivot is "
@@ -322,7 +322,7 @@ class RunEngine:
                 self.emit("step_cached", None, seq=seq, name=name, step_kind=kind,
                           attempt=hist.done.attempt,
                           idempotency_key=self.idempotency_key(seq, name))
-                return True, output, None
+                return output, None
             self.emit("step_input_changed", None, seq=seq, name=name, step_kind=kind,
                       idempotency_key=self.idempotency_key(seq, name))
         if self.mode == "rollback":
@@ -331,7 +331,7 @@ class RunEngine:
             raise StopReplay
         if undo is not None:
             self.undo.append(undo)
-        return False, None, Execution(
+        return None, Execution(
             seq=seq,
             name=name,
             kind=kind,

@@ -154,7 +154,7 @@ class _WaitBackoff(wait_base):
     def __call__(self, retry_state: RetryCallState) -> float:
         p = self.policy
         base = min(p.initial * (2 ** (retry_state.attempt_number - 1)), p.max)
-        wait = base + (self.rng.uniform(0, p.jitter) if p.jitter > 0 else 0.0)
+        wait: float = base + (self.rng.uniform(0, p.jitter) if p.jitter > 0 else 0.0)
         outcome = retry_state.outcome
         if outcome is not None and outcome.failed:
             exc = outcome.exception()

@@ -92,7 +92,7 @@ class Saga:
         return self.store.get_run(self.name, key)
 
     @overload
-    def workflow(self, fn: Callable[..., Awaitable[R]]) -> AsyncWorkflow[R]: ...
+    def workflow(self, fn: Callable[..., Awaitable[R]]) -> AsyncWorkflow[R]: ...  # type: ignore[overload-overlap]
 
     @overload
     def workflow(self, fn: Callable[..., R]) -> Workflow[R]: ...
@@ -111,7 +111,9 @@ class _WorkflowBase(Generic[R]):
     def __init__(self, saga: Saga, fn: Callable[..., Any]) -> None:
         self.saga = saga
         self.fn = fn
-        functools.update_wrapper(self, fn)
+        self.__name__ = getattr(fn, "__name__", "workflow")
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
 
     def status(self, key: str) -> RunStatus | None:
         """The stored status of run ``key`` (``None`` if it never ran)."""
