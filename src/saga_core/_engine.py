@@ -65,6 +65,7 @@ class _History:
     attempts: int = 0
     comp_attempts: int = 0
     done: StepRecord | None = None  # the output to reuse, if still valid
+    last_done: StepRecord | None = None  # the latest output, even if compensated since
     live: bool = False  # an attempt started after the last completed compensation
     comp_failed: bool = False  # the last compensation attempt failed
     inputs: str | None = None
@@ -118,6 +119,8 @@ def fold_row(history: dict[int, _History], row: StepRecord) -> bool:
         hist.live = True
         hist.comp_failed = False
         hist.done = row if row.status == "done" else None
+        if hist.done is not None:
+            hist.last_done = hist.done
         if row.inputs is not None:
             hist.inputs = row.inputs
         return row.kind == "pivot" and row.status == "done"
@@ -313,14 +316,16 @@ class RunEngine:
                 seq, name, compensate, args, kwargs, inputs,
                 compensate_retry or self.saga.compensate_retry,
             )
-        if hist is not None and hist.done is not None:
-            if self.mode == "rollback" or hist.done.input_hash == digest:
-                output = self.serializer.load(hist.done.output)
-                if undo is not None and hist.live:
+        # A rollback replays past compensated steps too, to reach later live effects.
+        reuse = None if hist is None else hist.last_done if self.mode == "rollback" else hist.done
+        if reuse is not None:
+            if self.mode == "rollback" or reuse.input_hash == digest:
+                output = self.serializer.load(reuse.output)
+                if undo is not None and hist is not None and hist.live:
                     undo.output = output
                     self.undo.append(undo)
                 self.emit("step_cached", None, seq=seq, name=name, step_kind=kind,
-                          attempt=hist.done.attempt,
+                          attempt=reuse.attempt,
                           idempotency_key=self.idempotency_key(seq, name))
                 return output, None
             self.emit("step_input_changed", None, seq=seq, name=name, step_kind=kind,
@@ -403,6 +408,7 @@ class RunEngine:
             )
         rs = ex.retry_state
         if rs is None:
+            retrying.begin()  # tenacity's statistics, which iter() updates
             rs = ex.retry_state = RetryCallState(retrying, None, (), {})
             rs.start_time = ex.first_started or self.clock.monotonic()
         rs.attempt_number = ex.local_attempts

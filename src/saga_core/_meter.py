@@ -328,9 +328,7 @@ class _Attempt:
         model = self.model if self.model is not None else self._request_fields()[0]
         if outcome != "ok" and not self._sse:
             # A JSON body that could not be read reports nothing reliable.
-            return LLMCall(
-                model=model, outcome=outcome, status_code=status, request_id=self.request_id
-            )
+            return LLMCall(model=model, outcome=outcome, status_code=status, request_id=self.request_id)
         return LLMCall(
             model=model,
             input_tokens=self.input_tokens,
@@ -516,7 +514,5 @@ def async_metered_http_client(
     """An ``anthropic.DefaultAsyncHttpxClient`` whose Messages attempts are metered."""
     import anthropic
 
-    inner = (
-        transport if transport is not None else httpx2.AsyncHTTPTransport(**_transport_args(kwargs))
-    )
+    inner = transport if transport is not None else httpx2.AsyncHTTPTransport(**_transport_args(kwargs))
     return anthropic.DefaultAsyncHttpxClient(transport=AsyncMeteredTransport(inner), **kwargs)

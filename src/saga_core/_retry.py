@@ -194,8 +194,9 @@ class RetryPolicy:
         """A tenacity controller for this policy; the engine drives it with ``iter``."""
         stop: stop_base = tenacity.stop_after_attempt(self.attempts)
         if self.deadline is not None:
-            # Measured on the engine's clock: the engine stamps the retry state with it.
-            stop = stop | tenacity.stop_after_delay(self.deadline)
+            # No attempt starts past the deadline; measured on the engine's clock, which the
+            # engine stamps on the retry state.
+            stop = stop | tenacity.stop_before_delay(self.deadline)
         retry_on = self.retry_on
         return tenacity.Retrying(
             stop=stop,

@@ -117,7 +117,9 @@ class Store(Protocol):
         """Take the lease on (saga, key), creating the run if new, and load its steps.
 
         A succeeded run is returned as it is, no lease taken, unless ``reopen`` (rollback,
-        fork). A run whose lease is live raises ``RunInProgressError``.
+        fork). A run whose lease is live raises ``RunInProgressError``. The record returned
+        carries the new generation and lease but the status the run had *before* (what the
+        engine decides from); a new run's is ``running``.
         """
         ...
 
@@ -224,6 +226,7 @@ class MemoryStore:
             elif run.status == "running" and run.lease_until >= now:
                 raise _in_progress(saga, key, run, now)
             else:
+                prior = run.status
                 run = replace(
                     run,
                     status="running",
@@ -232,8 +235,10 @@ class MemoryStore:
                     inputs=run.inputs if run.inputs is not None else inputs,
                     updated=now,
                 )
+                self._runs[(saga, key)] = run
+                return replace(run, status=prior), self.load_steps(run.id)
             self._runs[(saga, key)] = run
-            return run, sorted(self._steps[run.id].values(), key=lambda s: s.ord)
+            return run, []
 
     def _owned(self, run_id: int, generation: int) -> RunRecord:
         run = self._runs[self._by_id[run_id]]
@@ -507,9 +512,8 @@ class SQLiteStore:
                 if run.status == "running" and run.lease_until >= now:
                     raise _in_progress(saga, key, run, now)
                 if run.status != "succeeded" or reopen:
-                    run = replace(
+                    run = replace(  # the status stays the prior one: see Store.acquire
                         run,
-                        status="running",
                         generation=run.generation + 1,
                         lease_until=now + lease_seconds,
                         inputs=run.inputs if run.inputs is not None else inputs,
