@@ -32,7 +32,7 @@ from ._hooks import (
 )
 from ._ledger import LLMCall
 from ._retry import RetryPolicy
-from ._serde import error_text, input_hash
+from ._serde import error_text, input_hash, redact, refresh_secrets
 from ._store import LLMRecord, RunRecord, RunStatus, StepRecord
 from .errors import (
     BudgetExceededError,
@@ -104,7 +104,6 @@ class _Undo:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    inputs: str | None
     policy: RetryPolicy
     output: Any = None
 
@@ -209,6 +208,8 @@ class RunEngine:
         self.spent_usd = 0.0
         self._retrying: dict[int, tenacity.Retrying] = {}
         self._last_renewal = self.clock.time()
+        self._renew_every = self.lease_seconds / 3
+        refresh_secrets()
         self._load(rows)
         if budget_usd is not None:
             self.spent_usd = sum(r.cost_usd or 0.0 for r in self.store.llm_records(self.run_id))
@@ -313,7 +314,7 @@ class RunEngine:
         undo: _Undo | None = None
         if compensate is not None:
             undo = _Undo(
-                seq, name, compensate, args, kwargs, inputs,
+                seq, name, compensate, args, kwargs,
                 compensate_retry or self.saga.compensate_retry,
             )
         # A rollback replays past compensated steps too, to reach later live effects.
@@ -346,7 +347,8 @@ class RunEngine:
             kwargs=kwargs,
             policy=retry or self.saga.retry,
             input_hash=digest,
-            inputs=inputs if undo is not None else None,
+            # Kept (redacted) only where a compensation may need them after a restart.
+            inputs=redact(inputs) if undo is not None else None,
             attempt=(hist.attempts if hist else 0) + 1,
             undo=undo,
         )
@@ -386,7 +388,7 @@ class RunEngine:
         """Checkpoint a successful attempt; returns the output as replay will return it."""
         text = self.serializer.dump_output(ex.name, value) if ex.phase == "step" else None
         self._write(ex, "done", text, None, ex.started, self.clock.time())
-        output = self.serializer.load(text)
+        output = self.serializer.round_trip(value, text)
         if ex.undo is not None:
             ex.undo.output = output
         self.emit("compensation_end" if ex.phase == "comp" else "step_end", ex, status="done")
@@ -453,7 +455,14 @@ class RunEngine:
             ex.inputs, output, error, started, ended, self.generation,
         )
         now = ended or started
-        self.store.write_step(self.run_id, self.generation, row, now + self.lease_seconds)
+        # The heartbeat renews the lease of long steps; writes renew it only when a third
+        # of it has passed, so most checkpoints are a single statement.
+        renew = now - self._last_renewal >= self._renew_every
+        self.store.write_step(
+            self.run_id, self.generation, row, now + self.lease_seconds if renew else None
+        )
+        if renew:
+            self._last_renewal = now
         self._apply(row)
         self.emit("checkpoint", ex, status=status)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from .errors import SagaError
 
@@ -61,7 +61,11 @@ class Event:
     llm_call: LLMCall | None = None
 
 
-Observer = Callable[[Event], None]
+class Observer(Protocol):
+    """A callable that receives every :class:`Event`; raising on ``step_start`` fails
+    that attempt."""
+
+    def __call__(self, event: Event, /) -> None: ...
 
 _GLOBAL_OBSERVERS: list[Observer] = []
 
@@ -81,8 +85,7 @@ def global_observers() -> list[Observer]:
     return _GLOBAL_OBSERVERS
 
 
-@dataclass(frozen=True, slots=True)
-class RunContext:
+class RunContext(NamedTuple):
     """The run being executed: its saga, key and the generation of this owner."""
 
     saga: str
@@ -90,8 +93,7 @@ class RunContext:
     generation: int
 
 
-@dataclass(frozen=True, slots=True)
-class StepContext:
+class StepContext(NamedTuple):
     """The step (or its compensation) being executed, readable from inside it."""
 
     saga: str

@@ -33,6 +33,7 @@ _SECRET_ENV = (
     "OPENAI_API_KEY",
 )
 REDACTED = "[REDACTED]"
+_SCALARS = frozenset({str, int, bool})  # float: nan/inf are refused, the rest round-trips
 _extra_secrets: set[str] = set()
 _compiled: re.Pattern[str] | None = None
 _compiled_for: tuple[str, ...] = ()
@@ -42,17 +43,25 @@ def register_secret(value: str) -> None:
     """Treat ``value`` as a secret: it is replaced wherever it would be stored or logged."""
     if len(value) >= 6:
         _extra_secrets.add(value)
+        refresh_secrets()
 
 
-def _secret_regex() -> re.Pattern[str]:
+def refresh_secrets() -> None:
+    """Re-read the secret environment variables (the engine does it as each run starts)."""
     global _compiled, _compiled_for
     env = os.environ
     literals = tuple(v for v in (env.get(n) for n in _SECRET_ENV) if v and len(v) >= 6)
-    literals += tuple(_extra_secrets)
+    literals += tuple(sorted(_extra_secrets))
     if _compiled is None or literals != _compiled_for:
         parts = [re.escape(v) for v in sorted(literals, key=len, reverse=True)]
         _compiled = re.compile("|".join(parts + _SECRET_PATTERNS))
         _compiled_for = literals
+
+
+def _secret_regex() -> re.Pattern[str]:
+    if _compiled is None:
+        refresh_secrets()
+    assert _compiled is not None
     return _compiled
 
 
@@ -130,7 +139,10 @@ class Serializer:
         return text
 
     def dump_inputs(self, step: str, args: Iterable[Any], kwargs: dict[str, Any]) -> str:
-        """Canonical JSON of a step's arguments (sorted keys: stable hashes); secrets redacted."""
+        """Canonical JSON of a step's arguments (sorted keys: stable hashes).
+
+        Not redacted: only its digest is kept, unless the engine stores it (redacted then).
+        """
         try:
             text = self._canonical([list(args), kwargs])
         except (TypeError, ValueError) as exc:
@@ -139,11 +151,18 @@ class Serializer:
                 "Pass only data as step arguments; reach clients and connections through a "
                 "closure or functools.partial."
             ) from exc
-        return redact(text)
+        return text
 
     def load(self, text: str | None) -> Any:
         """The value of stored JSON text (``None`` stays ``None``)."""
         return None if text is None else json.loads(text)
+
+    def round_trip(self, value: Any, text: str | None) -> Any:
+        """What replay will return for ``value`` stored as ``text``: the value itself
+        when JSON gives it back unchanged (skipping a parse on the hot path)."""
+        if value is None or type(value) in _SCALARS:
+            return value
+        return self.load(text)
 
     def dump(self, value: Any) -> str:
         """JSON text of any value (run inputs and results)."""

@@ -12,9 +12,8 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from ._ledger import LLMCall
 from .errors import LeaseLostError, RunInProgressError, StoreError
@@ -43,8 +42,7 @@ def default_db_path() -> Path:
     return Path(os.environ.get("SAGA_DB") or DEFAULT_DB)
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
+class RunRecord(NamedTuple):
     """One run of a saga: its key, status, owner generation and lease."""
 
     id: int
@@ -64,8 +62,7 @@ class RunRecord:
         return self.status == "running" and self.lease_until < now
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
+class StepRecord(NamedTuple):
     """One attempt of a step (``phase="step"``) or of its compensation (``"comp"``).
 
     ``ord`` orders every attempt of a run; ``seq`` is the 1-based step position.
@@ -87,8 +84,7 @@ class StepRecord:
     generation: int
 
 
-@dataclass(frozen=True, slots=True)
-class LLMRecord:
+class LLMRecord(NamedTuple):
     """One metered LLM attempt, attributed to a run, step position and attempt."""
 
     run_id: int
@@ -123,8 +119,10 @@ class Store(Protocol):
         """
         ...
 
-    def write_step(self, run_id: int, generation: int, step: StepRecord, lease_until: float) -> None:
-        """Insert or update one attempt row and renew the lease, in one commit."""
+    def write_step(
+        self, run_id: int, generation: int, step: StepRecord, lease_until: float | None
+    ) -> None:
+        """Insert or update one attempt row (and renew the lease if given), in one commit."""
         ...
 
     def finish(
@@ -227,8 +225,7 @@ class MemoryStore:
                 raise _in_progress(saga, key, run, now)
             else:
                 prior = run.status
-                run = replace(
-                    run,
+                run = run._replace(
                     status="running",
                     generation=run.generation + 1,
                     lease_until=now + lease_seconds,
@@ -236,7 +233,7 @@ class MemoryStore:
                     updated=now,
                 )
                 self._runs[(saga, key)] = run
-                return replace(run, status=prior), self.load_steps(run.id)
+                return run._replace( status=prior), self.load_steps(run.id)
             self._runs[(saga, key)] = run
             return run, []
 
@@ -246,13 +243,15 @@ class MemoryStore:
             raise _lease_lost(run_id, generation)
         return run
 
-    def write_step(self, run_id: int, generation: int, step: StepRecord, lease_until: float) -> None:
+    def write_step(
+        self, run_id: int, generation: int, step: StepRecord, lease_until: float | None
+    ) -> None:
         """Store one attempt row (see :class:`Store`)."""
         with self._lock:
             run = self._owned(run_id, generation)
             self._steps[run_id][step.ord] = step
-            if lease_until > run.lease_until:
-                self._runs[(run.saga, run.key)] = replace(run, lease_until=lease_until)
+            if lease_until is not None and lease_until > run.lease_until:
+                self._runs[(run.saga, run.key)] = run._replace( lease_until=lease_until)
 
     def finish(
         self,
@@ -266,15 +265,14 @@ class MemoryStore:
         """Final status, lease released (see :class:`Store`)."""
         with self._lock:
             run = self._owned(run_id, generation)
-            self._runs[(run.saga, run.key)] = replace(
-                run, status=status, result=result, error=error, lease_until=0.0, updated=now
+            self._runs[(run.saga, run.key)] = run._replace( status=status, result=result, error=error, lease_until=0.0, updated=now
             )
 
     def renew(self, run_id: int, generation: int, lease_until: float) -> None:
         """Heartbeat (see :class:`Store`)."""
         with self._lock:
             run = self._owned(run_id, generation)
-            self._runs[(run.saga, run.key)] = replace(run, lease_until=lease_until)
+            self._runs[(run.saga, run.key)] = run._replace( lease_until=lease_until)
 
     def forget_steps(self, run_id: int, generation: int, from_seq: int) -> None:
         """Fork (see :class:`Store`)."""
@@ -472,11 +470,11 @@ class SQLiteStore:
 
     @staticmethod
     def _run(row: tuple[object, ...]) -> RunRecord:
-        return RunRecord(*row)  # type: ignore[arg-type]
+        return RunRecord._make(row)
 
     @staticmethod
     def _steps_of(rows: Iterable[tuple[object, ...]]) -> list[StepRecord]:
-        return [StepRecord(*row) for row in rows]  # type: ignore[arg-type]
+        return [StepRecord._make(row) for row in rows]
 
     def acquire(
         self,
@@ -512,8 +510,7 @@ class SQLiteStore:
                 if run.status == "running" and run.lease_until >= now:
                     raise _in_progress(saga, key, run, now)
                 if run.status != "succeeded" or reopen:
-                    run = replace(  # the status stays the prior one: see Store.acquire
-                        run,
+                    run = run._replace(  # the status stays the prior one: see Store.acquire
                         generation=run.generation + 1,
                         lease_until=now + lease_seconds,
                         inputs=run.inputs if run.inputs is not None else inputs,
@@ -536,8 +533,10 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc) from exc
 
-    def write_step(self, run_id: int, generation: int, step: StepRecord, lease_until: float) -> None:
-        """One attempt row and the lease renewal in one commit (see :class:`Store`)."""
+    def write_step(
+        self, run_id: int, generation: int, step: StepRecord, lease_until: float | None
+    ) -> None:
+        """One attempt row, and the lease renewal if asked, in one commit (see :class:`Store`)."""
         s = step
         params = (
             run_id, s.ord, s.seq, s.name, s.kind, s.phase, s.attempt, s.status, s.input_hash,
@@ -545,15 +544,18 @@ class SQLiteStore:
         )
         with self._lock:
             db = self._db
-            db.execute("BEGIN")
-            try:
+            if lease_until is None:  # autocommit: one statement, one commit
                 written = db.execute(_WRITE_STEP, params).rowcount
-                if written:
-                    db.execute(_RENEW, (lease_until, run_id, generation))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            else:
+                db.execute("BEGIN")
+                try:
+                    written = db.execute(_WRITE_STEP, params).rowcount
+                    if written:
+                        db.execute(_RENEW, (lease_until, run_id, generation))
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
         if not written:
             raise _lease_lost(run_id, generation)
 
