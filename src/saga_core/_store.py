@@ -265,7 +265,8 @@ class MemoryStore:
         """Final status, lease released (see :class:`Store`)."""
         with self._lock:
             run = self._owned(run_id, generation)
-            self._runs[(run.saga, run.key)] = run._replace( status=status, result=result, error=error, lease_until=0.0, updated=now
+            self._runs[(run.saga, run.key)] = run._replace(
+                status=status, result=result, error=error, lease_until=0.0, updated=now
             )
 
     def renew(self, run_id: int, generation: int, lease_until: float) -> None:

@@ -24,7 +24,9 @@ from saga_core import (
 
 
 def step_row(ord_: int, generation: int) -> StepRecord:
-    return StepRecord(ord_, ord_, f"s{ord_}", "pure", "step", 1, "done", "h", None, "1", None, 0.0, 1.0, generation)
+    return StepRecord(
+        ord_, ord_, f"s{ord_}", "pure", "step", 1, "done", "h", None, "1", None, 0.0, 1.0, generation
+    )
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -66,7 +68,7 @@ def test_a_corrupt_file_is_a_clear_error_and_is_left_untouched(tmp_path: Path) -
     path = tmp_path / "saga.db"
     garbage = b"this is not a database" * 300
     path.write_bytes(garbage)
-    with pytest.raises(StoreError, match="not a readable saga_core store.*left untouched"):
+    with pytest.raises(StoreError, match=r"not a readable saga_core store.*left untouched"):
         SQLiteStore(path)
     assert path.read_bytes() == garbage
 
@@ -75,7 +77,7 @@ def test_a_foreign_database_is_refused_not_recreated(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
-    with pytest.raises(StoreError, match="another application.*users"):
+    with pytest.raises(StoreError, match=r"another application.*users"):
         SQLiteStore(path)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]
@@ -86,7 +88,7 @@ def test_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     SQLiteStore(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE saga_meta SET value='99' WHERE name='schema_version'")
-    with pytest.raises(StoreError, match="schema version 99.*reads version 1"):
+    with pytest.raises(StoreError, match=r"schema version 99.*reads version 1"):
         SQLiteStore(path)
 
 
