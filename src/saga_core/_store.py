@@ -233,7 +233,7 @@ class MemoryStore:
                     updated=now,
                 )
                 self._runs[(saga, key)] = run
-                return run._replace( status=prior), self.load_steps(run.id)
+                return run._replace(status=prior), self.load_steps(run.id)
             self._runs[(saga, key)] = run
             return run, []
 
@@ -251,7 +251,7 @@ class MemoryStore:
             run = self._owned(run_id, generation)
             self._steps[run_id][step.ord] = step
             if lease_until is not None and lease_until > run.lease_until:
-                self._runs[(run.saga, run.key)] = run._replace( lease_until=lease_until)
+                self._runs[(run.saga, run.key)] = run._replace(lease_until=lease_until)
 
     def finish(
         self,
@@ -273,7 +273,7 @@ class MemoryStore:
         """Heartbeat (see :class:`Store`)."""
         with self._lock:
             run = self._owned(run_id, generation)
-            self._runs[(run.saga, run.key)] = run._replace( lease_until=lease_until)
+            self._runs[(run.saga, run.key)] = run._replace(lease_until=lease_until)
 
     def forget_steps(self, run_id: int, generation: int, from_seq: int) -> None:
         """Fork (see :class:`Store`)."""
