@@ -149,10 +149,14 @@ class _Heartbeat:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._shortest = float("inf")
 
     def add(self, engine: RunEngine) -> None:
         with self._lock:
             self._runs.add(engine)
+            if engine.lease_seconds < self._shortest:  # the thread must wake sooner
+                self._shortest = engine.lease_seconds
+                self._wake.set()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="saga-core-heartbeat", daemon=True
@@ -163,12 +167,22 @@ class _Heartbeat:
         with self._lock:
             self._runs.discard(engine)
 
+    def __contains__(self, engine: RunEngine) -> bool:
+        with self._lock:
+            return engine in self._runs
+
     def _loop(self) -> None:
         while True:
             with self._lock:
+                self._shortest = min((e.lease_seconds for e in self._runs), default=float("inf"))
+                interval = max(min(self._shortest, 45.0) / 3, 0.05)
+            # Woken early when a run with a shorter lease joins.
+            if self._wake.wait(interval):
+                self._wake.clear()
+                continue
+            # Read the runs after waking: one that ended (or died) meanwhile is not renewed.
+            with self._lock:
                 engines = list(self._runs)
-            interval = min((e.lease_seconds / 3 for e in engines), default=5.0)
-            self._wake.wait(max(interval, 0.05))
             for engine in engines:
                 engine.heartbeat()
 
@@ -270,6 +284,8 @@ class RunEngine:
 
     def heartbeat(self) -> None:
         """Renew the lease (called from the heartbeat thread)."""
+        if self not in _HEARTBEAT:
+            return
         now = self.clock.time()
         try:
             self.store.renew(self.run_id, self.generation, now + self.lease_seconds)
