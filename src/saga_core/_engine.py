@@ -184,7 +184,10 @@ class _Heartbeat:
             with self._lock:
                 engines = list(self._runs)
             for engine in engines:
-                engine.heartbeat()
+                try:
+                    engine.heartbeat()
+                except Exception:  # a broken store must not stop the thread
+                    self.discard(engine)
 
 
 _HEARTBEAT = _Heartbeat()

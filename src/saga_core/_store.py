@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -419,9 +420,9 @@ class SQLiteStore:
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._check_schema()  # before WAL: a foreign file must be left as it was
+            self._enable_wal(timeout)
             self._db.execute(f"PRAGMA synchronous={durability.upper()}")
-            self._check_schema()
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(exc) from exc
 
@@ -433,30 +434,45 @@ class SQLiteStore:
         )
 
     def _check_schema(self) -> None:
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            with self._transaction():
+        # In one write transaction, so that processes opening a new file at once create
+        # the schema exactly once.
+        with self._transaction() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(
+                        db.execute(statement)
+                db.execute(
                     "INSERT INTO saga_meta VALUES ('schema_version', ?), ('app', 'saga_core')",
                     (str(SCHEMA_VERSION),),
                 )
-            return
-        if "saga_meta" not in tables:
-            raise StoreError(
-                f"saga_core: {self.path} is an SQLite database of another application (tables: "
-                f"{', '.join(sorted(tables))}). It was left untouched: give saga_core a file "
-                "of its own."
-            )
-        row = self._db.execute("SELECT value FROM saga_meta WHERE name='schema_version'").fetchone()
+                return
+            if "saga_meta" not in tables:
+                raise StoreError(
+                    f"saga_core: {self.path} is an SQLite database of another application "
+                    f"(tables: {', '.join(sorted(tables))}). It was left untouched: give "
+                    "saga_core a file of its own."
+                )
+            row = db.execute("SELECT value FROM saga_meta WHERE name='schema_version'").fetchone()
         version = row[0] if row else None
         if version != str(SCHEMA_VERSION):
             raise StoreError(
                 f"saga_core: {self.path} has schema version {version}, this saga_core reads "
                 f"version {SCHEMA_VERSION}. Use the saga_core release that wrote it, or a new file."
             )
+
+    def _enable_wal(self, timeout: float) -> None:
+        # Switching a new file to WAL needs a moment of exclusive access, and SQLite does
+        # not wait for it: another process opening the same file makes it fail at once.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
