@@ -120,7 +120,18 @@ class Run(_Handle):
         )
         if ex is None:
             return output  # type: ignore[no-any-return]
-        return drive_sync(attempts(engine, ex), engine.clock)  # type: ignore[no-any-return]
+        # The first attempt inline (most steps need no other); retries go through the program.
+        token = engine.begin_attempt(ex)
+        try:
+            engine.announce(ex)
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            first_error = exc
+        else:
+            return engine.succeeded(ex, value)  # type: ignore[no-any-return]
+        finally:
+            engine.end_attempt(token)
+        return drive_sync(attempts(engine, ex, first_error), engine.clock)  # type: ignore[no-any-return]
 
 
 class AsyncRun(_Handle):

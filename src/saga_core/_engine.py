@@ -221,9 +221,9 @@ class RunEngine:
         self.seq = 0
         self.undo: list[_Undo] = []
         self.failed_step: tuple[int, str] | None = None
-        self.rng = random.Random(f"{saga.seed}:{key}") if saga.seed is not None else random.Random()
         self.spent_usd = 0.0
         self._retrying: dict[int, tenacity.Retrying] = {}
+        self._rng: random.Random | None = None
         self._last_renewal = self.clock.time()
         self._renew_every = self.lease_seconds / 3
         refresh_secrets()
@@ -356,20 +356,12 @@ class RunEngine:
             raise StopReplay
         if undo is not None:
             self.undo.append(undo)
+        # Positional: this is the hot path. Inputs are kept (redacted) only where a
+        # compensation may need them after a restart.
         return None, Execution(
-            seq=seq,
-            name=name,
-            kind=kind,
-            phase="step",
-            fn=fn,
-            args=args,
-            kwargs=kwargs,
-            policy=retry or self.saga.retry,
-            input_hash=digest,
-            # Kept (redacted) only where a compensation may need them after a restart.
-            inputs=redact(inputs) if undo is not None else None,
-            attempt=(hist.attempts if hist else 0) + 1,
-            undo=undo,
+            seq, name, kind, "step", fn, args, kwargs, retry or self.saga.retry, digest,
+            redact(inputs) if undo is not None else None, (hist.attempts if hist else 0) + 1,
+            None, 0, 0.0, None, 0, None, undo,
         )
 
     # ------------------------------------------------------------------ attempts
@@ -388,7 +380,7 @@ class RunEngine:
         )
         ex.started = now = self.clock.time()
         if ex.first_started is None:
-            ex.first_started = self.clock.monotonic()
+            ex.first_started = now
         ex.ord = self.next_ord
         self.next_ord += 1
         if ex.kind == "compensable" and ex.phase == "step":
@@ -398,7 +390,8 @@ class RunEngine:
 
     def announce(self, ex: Execution) -> None:
         """Tell observers the attempt starts; an observer that raises fails the attempt."""
-        self.emit("compensation_start" if ex.phase == "comp" else "step_start", ex)
+        if self.observers:
+            self.emit("compensation_start" if ex.phase == "comp" else "step_start", ex)
 
     def end_attempt(self, token: contextvars.Token[StepContext | None]) -> None:
         _STEP.reset(token)
@@ -410,7 +403,8 @@ class RunEngine:
         output = self.serializer.round_trip(value, text)
         if ex.undo is not None:
             ex.undo.output = output
-        self.emit("compensation_end" if ex.phase == "comp" else "step_end", ex, status="done")
+        if self.observers:
+            self.emit("compensation_end" if ex.phase == "comp" else "step_end", ex, status="done")
         return output
 
     def failed(self, ex: Execution, exc: BaseException) -> float | None:
@@ -424,17 +418,20 @@ class RunEngine:
         ex.local_attempts += 1
         retrying = self._retrying.get(id(ex.policy))
         if retrying is None:
+            if self._rng is None:  # seeding costs more than a whole step: only on failure
+                seed = self.saga.seed
+                self._rng = random.Random(f"{seed}:{self.key}" if seed is not None else None)
             retrying = self._retrying[id(ex.policy)] = ex.policy.retrying(
-                self.rng, self.clock.time, self.budget_left
+                self._rng, self.clock.time, self.budget_left
             )
         rs = ex.retry_state
         if rs is None:
             retrying.begin()  # tenacity's statistics, which iter() updates
             rs = ex.retry_state = RetryCallState(retrying, None, (), {})
-            rs.start_time = ex.first_started or self.clock.monotonic()
+            rs.start_time = ex.first_started if ex.first_started is not None else self.clock.time()
         rs.attempt_number = ex.local_attempts
         rs.set_exception((type(exc), exc, exc.__traceback__))
-        rs.outcome_timestamp = self.clock.monotonic()  # deadlines run on the engine's clock
+        rs.outcome_timestamp = self.clock.time()  # deadlines run on the engine's clock
         try:
             action = retrying.iter(rs)
         except BaseException:
@@ -483,7 +480,8 @@ class RunEngine:
         if renew:
             self._last_renewal = now
         self._apply(row)
-        self.emit("checkpoint", ex, status=status)
+        if self.observers:
+            self.emit("checkpoint", ex, status=status)
 
     # ------------------------------------------------------------------ LLM ledger
 

@@ -36,25 +36,31 @@ HandleFactory = Callable[[RunEngine], Any]
 Mode = Literal["run", "rollback", "fork"]
 
 
-def attempts(engine: RunEngine, ex: Execution) -> Program:
-    """Attempt a step or compensation until it succeeds or retrying stops."""
+def attempts(engine: RunEngine, ex: Execution, error: Exception | None = None) -> Program:
+    """Attempt a step or compensation until it succeeds or retrying stops.
+
+    ``error`` is the failure of a first attempt the driver already made inline.
+    """
     while True:
-        token = engine.begin_attempt(ex)
-        try:
-            engine.announce(ex)
-            value = yield Call(ex.fn, ex.args, ex.kwargs)
-        except Exception as exc:
-            wait = engine.failed(ex, exc)
-            if wait is None:
-                engine.failed_step = (ex.seq, ex.name)
-                final = engine.give_up(exc)
-                if final is exc:
-                    raise
-                raise final from exc
-        else:
-            return engine.succeeded(ex, value)
-        finally:
-            engine.end_attempt(token)
+        if error is None:
+            token = engine.begin_attempt(ex)
+            try:
+                engine.announce(ex)
+                value = yield Call(ex.fn, ex.args, ex.kwargs)
+            except Exception as exc:
+                error = exc
+            else:
+                return engine.succeeded(ex, value)
+            finally:
+                engine.end_attempt(token)
+        wait = engine.failed(ex, error)
+        if wait is None:
+            engine.failed_step = (ex.seq, ex.name)
+            final = engine.give_up(error)
+            if final is error:
+                raise error
+            raise final from error
+        error = None
         yield wait
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from .errors import CheckpointError
@@ -34,6 +34,7 @@ _SECRET_ENV = (
 )
 REDACTED = "[REDACTED]"
 _SCALARS = frozenset({str, int, bool})  # float: nan/inf are refused, the rest round-trips
+_NUMBERS = frozenset({int, bool, float, type(None)})
 _extra_secrets: set[str] = set()
 _compiled: re.Pattern[str] | None = None
 _compiled_for: tuple[str, ...] = ()
@@ -101,16 +102,23 @@ class Serializer:
 
     def __init__(self, encoder: Encoder | None = None) -> None:
         self._encoder = encoder
-        self._encode = json.JSONEncoder(
-            default=self._default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode
-        self._canonical = json.JSONEncoder(
-            default=self._default,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            sort_keys=True,
-            allow_nan=False,
-        ).encode
+        self._encode = self._compile(sort_keys=False)
+        self._canonical = self._compile(sort_keys=True)
+
+    def _compile(self, sort_keys: bool) -> Callable[[Any], str]:
+        # JSONEncoder.encode builds a new C encoder on every call; steps are a hot path,
+        # so build it once. Without a circular-reference check a cycle is a RecursionError.
+        make = getattr(json.encoder, "c_make_encoder", None)
+        if make is None:  # pragma: no cover - CPython always has the C accelerator
+            return json.JSONEncoder(
+                default=self._default, separators=(",", ":"), ensure_ascii=False,
+                sort_keys=sort_keys, allow_nan=False,
+            ).encode
+        chunks = make(
+            None, self._default, json.encoder.encode_basestring, None, ":", ",", sort_keys,
+            False, False,
+        )
+        return lambda value: "".join(chunks(value, 0))
 
     def _default(self, value: Any) -> Any:
         if self._encoder is not None:
@@ -124,13 +132,13 @@ class Serializer:
         """The JSON text of a step's output; raises :class:`CheckpointError` naming the step."""
         try:
             text = self._encode(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise CheckpointError(
                 f"saga_core: the output of step {step!r} cannot be checkpointed: {exc}. "
                 "Return JSON data (dict, list, str, int, float, bool, None), a dataclass or "
                 "a pydantic model, or pass Saga(serializer=Serializer(encoder=...))."
             ) from exc
-        if contains_secret(text):
+        if type(value) not in _NUMBERS and contains_secret(text):  # numbers hold no secret
             raise CheckpointError(
                 f"saga_core: the output of step {step!r} contains a secret (an API key or a "
                 "registered secret); checkpoints never hold secrets. Return a reference to it "
@@ -138,14 +146,14 @@ class Serializer:
             )
         return text
 
-    def dump_inputs(self, step: str, args: Iterable[Any], kwargs: dict[str, Any]) -> str:
+    def dump_inputs(self, step: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Canonical JSON of a step's arguments (sorted keys: stable hashes).
 
         Not redacted: only its digest is kept, unless the engine stores it (redacted then).
         """
         try:
-            text = self._canonical([list(args), kwargs])
-        except (TypeError, ValueError) as exc:
+            text = self._canonical((args, kwargs))
+        except (TypeError, ValueError, RecursionError) as exc:
             raise CheckpointError(
                 f"saga_core: an argument of step {step!r} cannot be checkpointed: {exc}. "
                 "Pass only data as step arguments; reach clients and connections through a "
@@ -168,7 +176,7 @@ class Serializer:
         """JSON text of any value (run inputs and results)."""
         try:
             return redact(self._encode(value))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise CheckpointError(f"saga_core: cannot checkpoint {value!r}: {exc}") from exc
 
 
