@@ -56,19 +56,24 @@ class StopReplay(BaseException):
     """
 
 
-@dataclass(slots=True)
 class _History:
     """What the store says of one step position, derived from its attempt rows."""
 
-    name: str
-    kind: str
-    attempts: int = 0
-    comp_attempts: int = 0
-    done: StepRecord | None = None  # the output to reuse, if still valid
-    last_done: StepRecord | None = None  # the latest output, even if compensated since
-    live: bool = False  # an attempt started after the last completed compensation
-    comp_failed: bool = False  # the last compensation attempt failed
-    inputs: str | None = None
+    __slots__ = (
+        "attempts", "comp_attempts", "comp_failed", "done", "inputs", "kind", "last_done",
+        "live", "name",
+    )
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.attempts = 0
+        self.comp_attempts = 0
+        self.done: StepRecord | None = None  # the output to reuse, if still valid
+        self.last_done: StepRecord | None = None  # the latest output, even if compensated since
+        self.live = False  # an attempt started after the last completed compensation
+        self.comp_failed = False  # the last compensation attempt failed
+        self.inputs: str | None = None
 
 
 @dataclass(slots=True)
@@ -114,15 +119,19 @@ def fold_row(history: dict[int, _History], row: StepRecord) -> bool:
     if hist is None:
         hist = history[row.seq] = _History(row.name, row.kind)
     if row.phase == "step":
-        hist.attempts = max(hist.attempts, row.attempt)
+        if row.attempt > hist.attempts:
+            hist.attempts = row.attempt
         hist.live = True
         hist.comp_failed = False
-        hist.done = row if row.status == "done" else None
-        if hist.done is not None:
-            hist.last_done = hist.done
+        if row.status == "done":
+            hist.done = hist.last_done = row
+            if row.inputs is not None:
+                hist.inputs = row.inputs
+            return row.kind == "pivot"
+        hist.done = None
         if row.inputs is not None:
             hist.inputs = row.inputs
-        return row.kind == "pivot" and row.status == "done"
+        return False
     hist.comp_attempts = max(hist.comp_attempts, row.attempt)
     if row.status == "done":
         hist.live = False
@@ -479,7 +488,10 @@ class RunEngine:
         )
         if renew:
             self._last_renewal = now
-        self._apply(row)
+        # Within one execution each position is entered once, and only compensable and
+        # pivot positions are asked about again (undo log, pivot): pure rows need no fold.
+        if ex.kind != "pure" and fold_row(self.history, row):
+            self.pivot_done = True
         if self.observers:
             self.emit("checkpoint", ex, status=status)
 

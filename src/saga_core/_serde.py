@@ -32,6 +32,7 @@ _SECRET_ENV = (
     "AWS_SESSION_TOKEN",
     "OPENAI_API_KEY",
 )
+_SECRET_ENV_BYTES = tuple(name.encode() for name in _SECRET_ENV)
 REDACTED = "[REDACTED]"
 _SCALARS = frozenset({str, int, bool})  # float: nan/inf are refused, the rest round-trips
 _NUMBERS = frozenset({int, bool, float, type(None)})
@@ -47,12 +48,21 @@ def register_secret(value: str) -> None:
         refresh_secrets()
 
 
+def _env_secrets() -> tuple[str, ...]:
+    data = getattr(os.environ, "_data", None)
+    if os.name == "posix" and isinstance(data, dict):
+        # os.environ's own store: a dict lookup, not an encode-decode round trip per name
+        # (this runs as each saga run starts).
+        raw = (data.get(name) for name in _SECRET_ENV_BYTES)
+        return tuple(v.decode(errors="replace") for v in raw if v and len(v) >= 6)
+    env = os.environ
+    return tuple(v for v in (env.get(n) for n in _SECRET_ENV) if v and len(v) >= 6)
+
+
 def refresh_secrets() -> None:
     """Re-read the secret environment variables (the engine does it as each run starts)."""
     global _compiled, _compiled_for
-    env = os.environ
-    literals = tuple(v for v in (env.get(n) for n in _SECRET_ENV) if v and len(v) >= 6)
-    literals += tuple(sorted(_extra_secrets))
+    literals = _env_secrets() + tuple(sorted(_extra_secrets))
     if _compiled is None or literals != _compiled_for:
         parts = [re.escape(v) for v in sorted(literals, key=len, reverse=True)]
         _compiled = re.compile("|".join(parts + _SECRET_PATTERNS))
