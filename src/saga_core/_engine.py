@@ -9,6 +9,7 @@ once, for both.
 from __future__ import annotations
 
 import contextvars
+import logging
 import random
 import threading
 import weakref
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["Execution", "RunEngine", "StopReplay", "fold_rows"]
 
 Mode = Literal["run", "rollback"]
+log = logging.getLogger("saga_core")  # messages carry redacted error texts only
 
 
 class StopReplay(BaseException):
@@ -357,6 +359,10 @@ class RunEngine:
                           attempt=reuse.attempt,
                           idempotency_key=self.idempotency_key(seq, name))
                 return output, None
+            log.warning(
+                "saga_core: run %r step %d %r: its inputs changed since it completed; "
+                "executing it again", self.key, seq, name,
+            )
             self.emit("step_input_changed", None, seq=seq, name=name, step_kind=kind,
                       idempotency_key=self.idempotency_key(seq, name))
         if self.mode == "rollback":
@@ -448,6 +454,11 @@ class RunEngine:
         if not isinstance(action, tenacity.DoSleep):  # pragma: no cover - tenacity contract
             return None
         wait = float(action)
+        log.info(
+            "saga_core: run %r %s %d %r attempt %d failed (%s); retrying in %.3gs",
+            self.key, "compensation of step" if ex.phase == "comp" else "step", ex.seq, ex.name,
+            ex.attempt - 1, error_text(exc), wait,
+        )
         self.emit("retry", ex, error=exc, wait=wait)
         return wait
 
@@ -547,6 +558,7 @@ class RunEngine:
                 f"step {seq} {name!r}" for seq, name in failed
             )
         self.store.finish(self.run_id, self.generation, status, None, text, self.clock.time())
+        log.warning("saga_core: run %r of saga %r is %s: %s", self.key, self.saga.name, status, text)
         self.emit("run_end", status=status, error=exc)
         return status
 

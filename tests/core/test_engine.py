@@ -602,3 +602,30 @@ def test_observers_see_every_engine_event_and_can_fail_a_step_at_its_boundary(
     assert kinds[0] == "run_start" and kinds[-1] == "run_end"
     for kind in ("step_start", "step_end", "checkpoint", "compensation_start", "compensation_end"):
         assert kind in kinds
+
+
+def test_logs_say_what_happened_and_never_hold_a_secret(
+    make_saga: Callable[..., Saga], world: World, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "sk-ant-api03-" + "s" * 30
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    saga = make_saga()
+    world.fail["llm"] = [TimeoutError(f"timed out calling with key {secret}")]
+    world.fail["later"] = [ValueError(f"rejected key {secret}")]
+
+    @saga.workflow
+    def wf(run: Any, prompt: str) -> Any:
+        run.step("llm", world.pure("llm"), prompt)
+        return run.step("later", world.pure("later"))
+
+    caplog.set_level("INFO", logger="saga_core")
+    with pytest.raises(RunFailed):
+        wf.run("v1", key="k")
+    wf.run("v2", key="k")
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("step 1 'llm' attempt 1 failed (TimeoutError" in m and "retrying in" in m for m in messages)
+    assert any("is rolled_back: ValueError: rejected key [REDACTED]" in m for m in messages)
+    assert any("step 1 'llm': its inputs changed" in m for m in messages)
+    assert not any(secret in m for m in messages)

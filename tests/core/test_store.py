@@ -158,3 +158,31 @@ def test_checkpoints_survive_reopening_the_file(tmp_path: Path, make_saga: Calla
 
     assert again.run(key="k") == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert calls == []
+
+
+def test_the_heartbeat_renews_the_lease_of_a_long_step(tmp_path: Path) -> None:
+    # The heartbeat is a real thread on real time: this waits for it, briefly and bounded.
+    import threading
+
+    store = SQLiteStore(tmp_path / "s.db")
+    saga = Saga("s", store, lease_seconds=0.15)
+    renewed = threading.Event()
+
+    def long_step() -> str:
+        run = store.get_run("s", "k")
+        assert run is not None
+        first = run.lease_until
+        for _ in range(300):
+            current = store.get_run("s", "k")
+            if current is not None and current.lease_until > first:
+                renewed.set()
+                break
+            renewed.wait(0.01)
+        return "done"
+
+    @saga.workflow
+    def wf(run: Any) -> Any:
+        return run.step("long", long_step)
+
+    assert wf.run(key="k") == "done"
+    assert renewed.is_set(), "the lease was not renewed while the step ran"
