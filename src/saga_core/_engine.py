@@ -49,6 +49,7 @@ __all__ = ["Execution", "RunEngine", "StopReplay", "fold_rows"]
 
 Mode = Literal["run", "rollback"]
 log = logging.getLogger("saga_core")  # messages carry redacted error texts only
+log.addHandler(logging.NullHandler())  # a library: the application decides what is shown
 
 
 class StopReplay(BaseException):
