@@ -125,6 +125,7 @@ class Run(_Handle):
         try:
             engine.announce(ex)
             value = fn(*args, **kwargs)
+            engine.returned(ex)
         except Exception as exc:
             first_error = exc
         else:

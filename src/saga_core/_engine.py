@@ -217,8 +217,10 @@ class RunEngine:
         *,
         mode: Mode = "run",
         budget_usd: float | None = None,
+        workflow: object = None,
     ) -> None:
         self.saga = saga
+        self.workflow = workflow
         self.key = key
         self.record = record
         self.run_id = record.id
@@ -290,8 +292,10 @@ class RunEngine:
     def enter(self) -> contextvars.Token[Any]:
         """Make this run current (for ``current_run()`` and the LLM meter)."""
         _HEARTBEAT.add(self)
+        context = RunContext(self.saga.name, self.key, self.generation, self.workflow)
+        token = _RUN.set((context, self.on_llm_call))
         self.emit("run_start", status=self.record.status)
-        return _RUN.set((RunContext(self.saga.name, self.key, self.generation), self.on_llm_call))
+        return token
 
     def leave(self, token: contextvars.Token[Any]) -> None:
         _HEARTBEAT.discard(self)
@@ -408,6 +412,12 @@ class RunEngine:
         """Tell observers the attempt starts; an observer that raises fails the attempt."""
         if self.observers:
             self.emit("compensation_start" if ex.phase == "comp" else "step_start", ex)
+
+    def returned(self, ex: Execution) -> None:
+        """The body returned; observers may still fail the attempt before its checkpoint
+        (an effect that landed but whose caller never heard back)."""
+        if self.observers:
+            self.emit("compensation_returned" if ex.phase == "comp" else "step_returned", ex)
 
     def end_attempt(self, token: contextvars.Token[StepContext | None]) -> None:
         _STEP.reset(token)

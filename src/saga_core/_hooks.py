@@ -31,11 +31,13 @@ EventKind = Literal[
     "run_start",
     "run_end",
     "step_start",
+    "step_returned",
     "step_end",
     "step_cached",
     "step_input_changed",
     "retry",
     "compensation_start",
+    "compensation_returned",
     "compensation_end",
     "checkpoint",
     "llm_call",
@@ -86,11 +88,13 @@ def global_observers() -> list[Observer]:
 
 
 class RunContext(NamedTuple):
-    """The run being executed: its saga, key and the generation of this owner."""
+    """The run being executed: its saga, key, owner generation, and the workflow object
+    (a test harness resumes or rolls the run back through it)."""
 
     saga: str
     key: str
     generation: int
+    workflow: object = None
 
 
 class StepContext(NamedTuple):

@@ -47,6 +47,7 @@ def attempts(engine: RunEngine, ex: Execution, error: Exception | None = None) -
             try:
                 engine.announce(ex)
                 value = yield Call(ex.fn, ex.args, ex.kwargs)
+                engine.returned(ex)
             except Exception as exc:
                 error = exc
             else:
@@ -126,6 +127,7 @@ def run_program(
     wait: bool = False,
     budget_usd: float | None = None,
     from_step: int | str | None = None,
+    workflow: object = None,
 ) -> Program:
     """The whole life of one call to ``run``, ``rollback`` or ``fork``."""
     inputs = saga.serializer.dump([list(args), kwargs]) if (args or kwargs) else None
@@ -138,6 +140,7 @@ def run_program(
     engine = RunEngine(
         saga, key, record, rows, mode="run",
         budget_usd=budget_usd if budget_usd is not None else saga.budget_usd,
+        workflow=workflow,
     )
     if mode == "run":
         engine.check_can_resume()

@@ -124,7 +124,7 @@ class _WorkflowBase(Generic[R]):
         if not isinstance(key, str) or not key:
             raise ValueError(f"{self.saga.name}: run key must be a non-empty str, got {key!r}")
         handle = AsyncRun if isinstance(self, AsyncWorkflow) else Run
-        return run_program(self.saga, key, self.fn, handle, args, kwargs, **opts)
+        return run_program(self.saga, key, self.fn, handle, args, kwargs, workflow=self, **opts)
 
 
 class Workflow(_WorkflowBase[R]):

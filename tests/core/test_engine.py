@@ -629,3 +629,27 @@ def test_logs_say_what_happened_and_never_hold_a_secret(
     assert any("is rolled_back: ValueError: rejected key [REDACTED]" in m for m in messages)
     assert any("step 1 'llm': its inputs changed" in m for m in messages)
     assert not any(secret in m for m in messages)
+
+
+def test_an_observer_can_fail_an_attempt_after_its_effect_landed_and_reach_the_workflow(
+    make_saga: Callable[..., Saga], world: World
+) -> None:
+    saga = make_saga()
+    seen_workflows: list[object] = []
+
+    def lose_the_ack(event: Event) -> None:
+        if event.kind == "run_start":
+            seen_workflows.append(current_run().workflow)
+        if event.kind == "step_returned" and event.attempt == 1:
+            raise TimeoutError("the effect landed, the caller never heard back")
+
+    saga.observe(lose_the_ack)
+
+    @saga.workflow
+    def wf(run: Any) -> Any:
+        return run.step("upload", world.effect("upload"), compensate=world.undo("upload"))
+
+    assert wf.run(key="k") == "s:k:1:upload"
+    assert world.ran("upload") == 2  # retried after the lost acknowledgement...
+    assert list(world.effects) == ["s:k:1:upload"]  # ...under the same key: no duplicate
+    assert seen_workflows == [wf]
