@@ -1,4 +1,269 @@
-"""The pytest entry point of pytest-saga (options, fixtures and reports arrive with the
-plugin issue; loading it must cost a suite that never uses sagas nothing)."""
+"""The pytest entry point of pytest-saga: options, ini keys, the marker, fixtures, the
+scenario runner hook and the report.
+
+Importing this module must cost a suite that never uses sagas nothing: moto, respx,
+freezegun and anthropic are imported only by the fixtures that need them.
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import _report
+from ._options import SagaOptions, parse_fail_at, parse_fault, parse_fault_times, parse_seed
+
+if TYPE_CHECKING:
+    from ._clock import SagaClock
+    from ._effects import SagaEffects
+    from ._faults import FaultPlan
+    from ._scenario import ScenarioResult
+    from ._stores import SagaStore
+
+OPTIONS_KEY = pytest.StashKey[SagaOptions]()
+SAGA_FIXTURES = frozenset(
+    {"saga_s3", "saga_http", "saga_llm", "saga_clock", "saga_store", "saga_effects", "saga_faults"}
+)
+# flag, ini key, parser, help
+_FLAGS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
+    ("--saga-fail-at", "saga_fail_at", parse_fail_at,
+     "inject the fault at this step (1-based number or step name) of every saga test"),
+    ("--saga-fault", "saga_fault", parse_fault,
+     "the fault kind to inject (default 503): 503 500 529 429 timeout connect partial "
+     "lost-ack crash stream-cut comp-fail"),
+    ("--saga-fault-times", "saga_fault_times", parse_fault_times,
+     "make the fault transient: fail N attempts, then recover (default: every attempt)"),
+    ("--saga-seed", "saga_seed", parse_seed, "seed for retry jitter and fault schedules"),
+    ("--saga-report", "saga_report", str, "write the scenario report as JSON to this path"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("saga", "pytest-saga: fault injection for saga_core workflows")
+    for flag, ini, parse, help_text in _FLAGS:
+        group.addoption(flag, dest=ini, type=parse, default=None, help=help_text)
+        parser.addini(ini, help=f"default for {flag}", default=None)
+    group.addoption(
+        "--saga-matrix", dest="saga_matrix", action="store_true", default=None,
+        help="run every step x every applicable fault kind in each saga test",
+    )
+    parser.addini("saga_matrix", type="bool", default=False, help="default for --saga-matrix")
+
+
+def _ini_options(config: pytest.Config) -> SagaOptions:
+    values: dict[str, Any] = {}
+    for _, ini, parse, _ in _FLAGS:
+        raw = config.getini(ini)
+        if raw in (None, ""):
+            continue
+        try:
+            values[ini[len("saga_"):]] = parse(str(raw)) if parse else raw
+        except argparse.ArgumentTypeError as exc:
+            raise pytest.UsageError(f"ini option {ini} = {raw!r}: {exc}") from None
+    values["matrix"] = bool(config.getini("saga_matrix"))
+    return SagaOptions(**values)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "saga(fail_at=None, fault='503', fault_times=None, matrix=False, seed=None): a saga "
+        "test; the options override the command line and ini for this test",
+    )
+    options = _ini_options(config)
+    cli = {
+        ini[len("saga_"):]: config.getoption(ini)
+        for _, ini, _, _ in _FLAGS
+        if config.getoption(ini) is not None
+    }
+    if config.getoption("saga_matrix"):
+        cli["matrix"] = True
+    options = SagaOptions(**{**vars(options), **cli})
+    once = ("crash", "stream-cut")
+    if options.fault_times is not None and options.fault in once and options.fault_times > 1:
+        raise pytest.UsageError(
+            f"--saga-fault-times={options.fault_times} with --saga-fault={options.fault}: this "
+            "fault happens once per scenario; drop --saga-fault-times"
+        )
+    config.stash[OPTIONS_KEY] = options
+
+
+def is_saga_test(item: pytest.Item) -> bool:
+    """Marked ``@pytest.mark.saga``, or using a saga fixture."""
+    if item.get_closest_marker("saga") is not None:
+        return True
+    return bool(SAGA_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+
+
+def options_for(item: pytest.Item) -> SagaOptions:
+    """Options for one test: its marker over the command line over ini."""
+    options = item.config.stash[OPTIONS_KEY]
+    marker = item.get_closest_marker("saga")
+    if marker is None:
+        return options
+    if marker.args:
+        raise TypeError("pytest-saga: @pytest.mark.saga takes keyword options only")
+    return options.merged(**marker.kwargs)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def saga_faults() -> FaultPlan:
+    """The active fault plan; program it with ``saga_faults.inject(kind, step, times)``."""
+    from ._faults import FaultPlan
+
+    return FaultPlan()
+
+
+@pytest.fixture
+def saga_clock() -> Iterator[SagaClock]:
+    """Frozen time; every sleep (tenacity, saga_core, the anthropic SDK) is virtual."""
+    from ._clock import SagaClock
+
+    with SagaClock() as clock:
+        yield clock
+
+
+@pytest.fixture
+def saga_store() -> SagaStore:
+    """A fresh saga_core store for this test (emptied between scenarios)."""
+    from ._stores import SagaStore
+
+    return SagaStore()
+
+
+@pytest.fixture
+def saga_s3(saga_faults: FaultPlan) -> Iterator[Any]:
+    """boto3 S3 on moto, fake credentials, botocore retries off, faults delivered."""
+    from ._s3 import SagaS3
+
+    with SagaS3(saga_faults) as s3:
+        yield s3
+
+
+@pytest.fixture
+def saga_http(saga_faults: FaultPlan) -> Iterator[Any]:
+    """A respx router with stateful fake REST collections, faults delivered."""
+    from ._http import SagaHTTP
+
+    with SagaHTTP(saga_faults) as http:
+        yield http
+
+
+@pytest.fixture
+def saga_llm(saga_faults: FaultPlan) -> Iterator[Any]:
+    """The real anthropic clients served by a mock Messages API; its ledger is the oracle."""
+    from ._llm import SagaLLM
+
+    with SagaLLM(saga_faults) as llm:
+        yield llm
+
+
+@pytest.fixture
+def saga_effects(request: pytest.FixtureRequest) -> SagaEffects:
+    """Watchers of external state and the no-orphans / no-duplicates checks.
+
+    The S3 and HTTP mocks the test uses are watched already; add tables and folders with
+    ``watch_sqlite(path, table)`` and ``watch_dir(path)``.
+    """
+    from ._effects import SagaEffects
+
+    effects = SagaEffects()
+    for name in ("saga_s3", "saga_http"):
+        if name in request.fixturenames:
+            effects.watch(request.getfixturevalue(name))
+    return effects
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not is_saga_test(pyfuncitem):
+        return None
+    try:
+        options = options_for(pyfuncitem)
+    except (TypeError, ValueError) as exc:
+        raise pytest.fail(str(exc), pytrace=False) from None
+    if not options.scenarios_requested:
+        return None
+    _run_scenarios(pyfuncitem, options)
+    return True
+
+
+def _run_scenarios(item: pytest.Function, options: SagaOptions) -> None:
+    from ._faults import FAULT_KINDS
+    from ._scenario import SagaHarness, SagaInvariantError
+
+    request = item._request
+    faults = request.getfixturevalue("saga_faults")
+    effects = request.getfixturevalue("saga_effects")
+    clock = request.getfixturevalue("saga_clock")
+    store = request.getfixturevalue("saga_store") if "saga_store" in item.fixturenames else None
+    llm = request.getfixturevalue("saga_llm") if "saga_llm" in item.fixturenames else None
+    resettables = [
+        request.getfixturevalue(name)
+        for name in ("saga_s3", "saga_http", "saga_store")
+        if name in item.fixturenames
+    ]
+    funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+    harness = SagaHarness(
+        lambda: item.obj(**funcargs),
+        faults=faults, effects=effects, store=store, llm=llm, clock=clock,
+        resettables=resettables, nodeid=item.nodeid,
+    )
+    results: list[ScenarioResult] = [harness.reference()]
+    kinds = FAULT_KINDS if options.matrix else (options.fault,)
+    step = None if options.matrix and options.fail_at is None else options.fail_at
+    scenarios = harness.scenarios(step=step, kinds=kinds, times=options.fault_times)
+    for scenario in scenarios:
+        results.append(harness.run(scenario))
+    rows = [r.as_dict() for r in results]
+    item.user_properties.append((_report.PROPERTY, json.dumps(rows)))
+    faulted = results[1:]
+    item.user_properties.append(("saga_tokens", sum(r.tokens for r in results)))
+    item.user_properties.append(("saga_duplicate_tokens", sum(r.duplicate_tokens for r in faulted)))
+    item.user_properties.append(("saga_restart_tokens", sum(r.restart_tokens for r in faulted)))
+    item.user_properties.append(("saga_resume_tokens", sum(r.resume_tokens for r in faulted)))
+    failing = [r for r in faulted if not r.ok]
+    if failing:
+        lines = []
+        for r in failing:
+            lines.append(f"scenario {r.scenario} ({r.outcome}):")
+            lines += [f"  {line}" for line in (*r.orphans, *r.duplicates, *r.problems)]
+            lines.append(f"  reproduce: {r.repro}")
+        raise SagaInvariantError(
+            f"pytest-saga: {len(failing)} of {len(faulted)} scenario(s) broke a saga invariant\n"
+            + "\n".join(lines)
+        )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # under xdist the controller reports, from the rows workers sent it
+    reports = [r for stats in terminalreporter.stats.values() for r in stats]
+    rows = _report.collect(reports)
+    if not rows:
+        return
+    terminalreporter.write_sep("=", "saga scenarios")
+    for line in _report.table(rows):
+        terminalreporter.write_line(line)
+    options = config.stash[OPTIONS_KEY]
+    if options.report:
+        _report.write_json(options.report, rows)
+        terminalreporter.write_line(f"saga report written to {options.report}")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(_report.markdown(rows))

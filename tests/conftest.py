@@ -10,6 +10,8 @@ import pytest
 
 from saga_core import MemoryStore, RetryPolicy, Saga, SQLiteStore, VirtualClock
 
+pytest_plugins = ["pytester"]
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 

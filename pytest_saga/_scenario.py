@@ -1,0 +1,471 @@
+"""Fault scenarios: a reference run, the faulted run, the checks, the retry.
+
+``SagaHarness`` is usable without pytest: give it the body of a saga test (a callable
+that runs the saga once) and the fixtures' objects, then ``reference()`` and
+``run(Scenario(...))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import saga_core
+from saga_core import Event, NeedsAttentionError, RunFailed, Store
+
+from ._effects import SagaEffects, Snapshot
+from ._faults import FaultPlan, SimulatedCrash, StepProfile
+
+__all__ = ["RunTracker", "SagaHarness", "SagaInvariantError", "Scenario", "ScenarioResult"]
+
+
+class SagaInvariantError(AssertionError):
+    """A saga invariant failed; the message lists every offender and how to reproduce."""
+
+
+class _Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One fault at one step: ``kind`` at ``step``, on ``times`` attempts (None: all)."""
+
+    step: int | str
+    kind: str
+    times: int | None = None
+
+    def label(self, steps: dict[int, StepProfile]) -> str:
+        name = self.step if isinstance(self.step, str) else steps[self.step].name
+        times = f" x{self.times}" if self.times else ""
+        return f"{name} x {self.kind}{times}"
+
+
+@dataclass
+class ScenarioResult:
+    """What one scenario did and what the checks found."""
+
+    scenario: str
+    step: str
+    kind: str
+    outcome: str
+    orphans: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    duplicate_tokens: int = 0
+    tokens: int = 0
+    restart_tokens: int = 0
+    resume_tokens: int = 0
+    cost_usd: float | None = None
+    restart_usd: float | None = None
+    virtual_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    repro: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """No invariant failed."""
+        return not (self.problems or self.orphans or self.duplicates or self.duplicate_tokens)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready row of the report."""
+        return {
+            "scenario": self.scenario,
+            "step": self.step,
+            "fault": self.kind,
+            "outcome": self.outcome,
+            "ok": self.ok,
+            "orphans": self.orphans,
+            "duplicate_effects": self.duplicates,
+            "duplicate_tokens": self.duplicate_tokens,
+            "tokens": self.tokens,
+            "restart_tokens": self.restart_tokens,
+            "resume_tokens": self.resume_tokens,
+            "cost_usd": self.cost_usd,
+            "restart_usd": self.restart_usd,
+            "virtual_seconds": round(self.virtual_seconds, 3),
+            "problems": self.problems,
+            "repro": self.repro,
+        }
+
+
+class RunTracker:
+    """A saga_core observer: what the runs of one test did (the plugin's own record)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.workflows: dict[str, Any] = {}
+        self.completed: dict[tuple[str, int], int] = {}
+        self.steps: dict[int, tuple[str, str]] = {}
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if event.kind == "run_start":
+            self.workflows[event.key] = saga_core.current_run().workflow
+        elif event.kind == "step_end" and event.status == "done" and event.seq is not None:
+            mark = (event.key, event.seq)
+            if mark not in self.completed:
+                self.completed[mark] = event.attempt or 1
+        if event.kind in ("step_start", "step_cached") and event.seq is not None:
+            self.steps.setdefault(event.seq, (event.name or "?", event.step_kind or "pure"))
+
+    def reset(self) -> None:
+        self.events.clear()
+        self.completed.clear()
+
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys(e.key for e in self.events if e.kind == "run_start"))
+
+    def compensation_order(self) -> list[list[int]]:
+        """Per rollback episode, the positions compensated (in the order they were)."""
+        episodes: list[list[int]] = []
+        current: list[int] = []
+        for event in self.events:
+            if event.kind == "run_start":
+                if current:
+                    episodes.append(current)
+                current = []
+            elif (
+                event.kind == "compensation_end"
+                and event.status == "done"
+                and event.seq
+                and event.seq not in current
+            ):
+                current.append(event.seq)
+        if current:
+            episodes.append(current)
+        return episodes
+
+    def waits(self) -> list[tuple[Event, float]]:
+        return [(e, e.wait or 0.0) for e in self.events if e.kind == "retry"]
+
+
+@dataclass
+class _Spend:
+    tokens: int = 0
+    usd: float | None = 0.0
+    duplicate_tokens: int = 0
+    duplicates: list[str] = field(default_factory=list)
+
+
+class SagaHarness:
+    """Runs a saga test body under fault scenarios and checks the invariants."""
+
+    def __init__(
+        self,
+        body: Callable[[], Any],
+        *,
+        faults: FaultPlan,
+        effects: SagaEffects,
+        store: Store | None = None,
+        llm: Any = None,
+        clock: Any = None,
+        resettables: Iterable[_Resettable] = (),
+        nodeid: str = "",
+    ) -> None:
+        self.body = body
+        self.faults = faults
+        self.effects = effects
+        self.store = store
+        self.llm = llm
+        self.clock = clock
+        self.resettables = list(resettables)
+        self.nodeid = nodeid
+        self.tracker = RunTracker()
+        self.profiles: dict[int, StepProfile] = {}
+        self.golden: Snapshot = {}
+        self.golden_spend = _Spend()
+        self.reference_outside_calls = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _reset(self) -> None:
+        for thing in self.resettables:
+            thing.reset()
+        self.effects.reset()
+        if self.llm is not None:
+            self.llm.reset()
+        self.faults.reset()
+        self.tracker.reset()
+
+    def _call(self) -> Any:
+        remove = saga_core.add_observer(self.tracker)
+        remove_faults = saga_core.add_observer(self.faults.observe)
+        remove_attribution = saga_core.add_observer(self._attribute)
+        try:
+            return self.body()
+        finally:
+            remove_attribution()
+            remove_faults()
+            remove()
+
+    def _attribute(self, event: Event) -> None:
+        if event.kind in ("step_start", "compensation_start"):
+            what = "step" if event.kind == "step_start" else "compensation of step"
+            self.effects.step_boundary(f"{what} {event.seq} {event.name!r}, attempt {event.attempt}")
+        elif event.kind in ("step_end", "compensation_end", "run_start", "run_end"):
+            self.effects.step_boundary(None)
+
+    def _virtual(self) -> float:
+        return float(getattr(self.clock, "slept", 0.0))
+
+    # ------------------------------------------------------------------ reference
+
+    def reference(self) -> ScenarioResult:
+        """Run once without faults: the golden end state, spend and step list."""
+        self._reset()
+        self.effects.mark()
+        start = self._virtual()
+        self.faults.record_profiles(True)
+        try:
+            self._call()
+        finally:
+            self.faults.record_profiles(False)
+        for seq, (name, kind) in self.tracker.steps.items():
+            self.faults.profiles.setdefault(seq, StepProfile(seq, name, kind))
+        self.profiles = dict(sorted(self.faults.profiles.items()))
+        if not self.profiles:
+            raise SagaInvariantError(
+                "pytest-saga: the test ran no saga step, so there is nothing to fault. A saga "
+                "test must run a saga_core workflow (see the README: 'Writing a saga test')."
+            )
+        self.golden = self.effects.snapshot()
+        self.golden_spend = self._spend()
+        self.reference_outside_calls = self._outside_calls()
+        return ScenarioResult(
+            "reference", "-", "-", "succeeded", tokens=self.golden_spend.tokens,
+            cost_usd=self.golden_spend.usd, virtual_seconds=self._virtual() - start,
+        )
+
+    # ------------------------------------------------------------------ scenarios
+
+    def scenarios(self, *, step: int | str | None, kinds: Iterable[str], times: int | None) -> list[Scenario]:
+        """The scenarios of ``kinds`` at ``step`` (every step if None) that apply."""
+        positions = [self.resolve(step)] if step is not None else list(self.profiles)
+        out = []
+        for seq in positions:
+            profile = self.profiles[seq]
+            for kind in self.faults.applicable(profile, tuple(kinds)):
+                if kind == "comp-fail" and self._next_step(seq) is None:
+                    continue  # nothing after it can fail to trigger its compensation
+                out.append(Scenario(step if isinstance(step, str) else seq, kind, times))
+        return out
+
+    def resolve(self, step: int | str) -> int:
+        """The position of ``step``; a step the saga does not have fails with the real list."""
+        for seq, profile in self.profiles.items():
+            if step in (seq, profile.name):
+                return seq
+        listing = ", ".join(f"{seq} {p.name!r}" for seq, p in self.profiles.items())
+        raise SagaInvariantError(
+            f"pytest-saga: --saga-fail-at={step}: this saga has no such step; its steps are: "
+            f"{listing}"
+        )
+
+    def _next_step(self, seq: int) -> int | None:
+        later = [s for s in self.profiles if s > seq]
+        return later[0] if later else None
+
+    def repro(self, scenario: Scenario) -> str:
+        times = f" --saga-fault-times={scenario.times}" if scenario.times else ""
+        step = self.profiles[self.resolve(scenario.step)].name
+        return f"pytest {self.nodeid} --saga-fail-at={step} --saga-fault={scenario.kind}{times}"
+
+    def run(self, scenario: Scenario) -> ScenarioResult:
+        """Reset, run with the fault, check, retry without it, check again."""
+        seq = self.resolve(scenario.step)
+        profile = self.profiles[seq]
+        result = ScenarioResult(
+            scenario.label(self.profiles), profile.name, scenario.kind, "?",
+            repro=self.repro(scenario),
+        )
+        self._reset()
+        before = self.effects.mark()
+        start = self._virtual()
+        self.faults.inject(scenario.kind, seq, scenario.times)
+        if scenario.kind == "comp-fail":
+            # A compensation only runs on terminal failure: fail the next step for good.
+            after = self._next_step(seq)
+            assert after is not None
+            self.faults.inject("partial", after)
+        status = self._faulted_run(result)
+        self.faults.clear()
+        faulted_tokens = self._spend().tokens
+
+        if status in ("rolled_back", "needs_attention"):
+            self._finish_rollback(result, status)
+            if result.outcome == "rolled_back":
+                result.orphans = self.effects.orphans(
+                    before, self.effects.snapshot(), irreversible=self._irreversible()
+                )
+                self._check_reverse_order(result)
+        elif status == "recovered":
+            pass  # a transient fault absorbed by the retry policy: the run succeeded
+        # The retry, fault cleared, as the next deploy (or a new process) would do it.
+        if status != "recovered":
+            try:
+                self._call()
+            except (RunFailed, NeedsAttentionError) as exc:
+                result.problems.append(f"the retry without the fault did not succeed: {exc}")
+        final = self.effects.snapshot()
+        result.duplicates = self.effects.duplicates(self.golden, final)
+        self._check_spend(result, faulted_tokens)
+        self._check_waits(result)
+        self._check_secrets(result)
+        result.virtual_seconds = self._virtual() - start
+        return result
+
+    def _faulted_run(self, result: ScenarioResult) -> str:
+        try:
+            self._call()
+        except RunFailed as exc:
+            result.outcome = exc.status
+            return exc.status
+        except SimulatedCrash:
+            result.outcome = "crashed"
+            # Recovery as a new process would see it: the dead owner's lease expires.
+            lease = max(self._lease_seconds(), 1.0)
+            if self.clock is not None:
+                self.clock.advance(lease + 1)
+            else:
+                result.problems.append("crash scenarios need the saga_clock fixture")
+            return "crashed"
+        except NeedsAttentionError as exc:
+            result.outcome = "needs_attention"
+            result.problems.append(str(exc))
+            return "needs_attention"
+        result.outcome = "recovered"
+        return "recovered"
+
+    def _lease_seconds(self) -> float:
+        for workflow in self.tracker.workflows.values():
+            saga = getattr(workflow, "saga", None)
+            if saga is not None:
+                return float(saga.lease_seconds)
+        return 60.0
+
+    def _finish_rollback(self, result: ScenarioResult, status: str) -> None:
+        if status != "needs_attention":
+            return
+        for key, workflow in self.tracker.workflows.items():
+            record = workflow.saga.get_run(key) if workflow is not None else None
+            if record is None or record.status != "needs_attention":
+                continue
+            try:
+                final = workflow.rollback(key)
+            except NeedsAttentionError:
+                result.outcome = "needs_attention (past pivot)"
+                return
+            result.outcome = f"needs_attention → rollback → {final}"
+            if final == "rolled_back":
+                result.outcome = "rolled_back"
+            else:
+                result.problems.append(
+                    f"run {key!r}: rollback({key!r}) left compensations outstanding ({final})"
+                )
+
+    def _irreversible(self) -> list[str]:
+        """Effects of the pivot and later steps are declared irreversible."""
+        pivot = next((s for s, p in self.profiles.items() if p.kind == "pivot"), None)
+        if pivot is None:
+            return []
+        return [f"step {s} {p.name!r}" for s, p in self.profiles.items() if s >= pivot]
+
+    def _check_reverse_order(self, result: ScenarioResult) -> None:
+        for episode in self.tracker.compensation_order():
+            if episode != sorted(episode, reverse=True):
+                names = [self.profiles[s].name if s in self.profiles else str(s) for s in episode]
+                result.problems.append(
+                    f"compensations ran in the order {names}, not in reverse step order"
+                )
+
+    def _check_waits(self, result: ScenarioResult) -> None:
+        if result.kind != "429":
+            return
+        from ._faults import RETRY_AFTER_SECONDS
+
+        short = [w for _, w in self.tracker.waits() if w < RETRY_AFTER_SECONDS]
+        if short:
+            result.problems.append(
+                f"retried after {min(short):.3g}s, sooner than the {RETRY_AFTER_SECONDS:g}s "
+                "Retry-After asked for"
+            )
+
+    def _check_secrets(self, result: ScenarioResult) -> None:
+        key = getattr(self.llm, "api_key", None)
+        if not key or self.store is None:
+            return
+        for record in self.store.runs():
+            rows = self.store.load_steps(record.id)
+            if key in repr(record) or key in repr(rows):
+                result.problems.append(f"the API key is stored in run {record.key!r}'s checkpoints")
+
+    # ------------------------------------------------------------------ spend
+
+    def _outside_calls(self) -> int:
+        if self.llm is None:
+            return 0
+        return sum(1 for c in self.llm.calls if c.billed and c.seq is None and c.run_key)
+
+    def _spend(self) -> _Spend:
+        """Billed tokens counted at the HTTP layer (the oracle), with duplicates."""
+        spend = _Spend()
+        if self.llm is not None:
+            for call in self.llm.calls:
+                if not call.billed:
+                    continue
+                tokens = (
+                    call.input_tokens + call.output_tokens
+                    + call.cache_write_tokens + call.cache_read_tokens
+                )
+                spend.tokens += tokens
+                done = self.tracker.completed.get((call.run_key, call.seq)) if call.seq else None
+                if done is not None and not call.compensating and done < (call.attempt or 0):
+                    spend.duplicate_tokens += tokens
+                    spend.duplicates.append(
+                        f"step {call.seq} {call.step!r} attempt {call.attempt} billed {tokens} "
+                        f"tokens after the step had completed in attempt {done}"
+                    )
+            spend.usd = self._engine_usd()
+        return spend
+
+    def _engine_usd(self) -> float | None:
+        total: float | None = 0.0
+        for key, workflow in self.tracker.workflows.items():
+            if workflow is None:
+                continue
+            cost = workflow.saga.ledger.spend(key).cost_usd
+            total = None if total is None or cost is None else total + cost
+        return total
+
+    def _engine_tokens(self) -> int:
+        tokens = 0
+        for key, workflow in self.tracker.workflows.items():
+            if workflow is not None:
+                tokens += workflow.saga.ledger.spend(key).tokens
+        return tokens
+
+    def _check_spend(self, result: ScenarioResult, faulted_tokens: int) -> None:
+        spend = self._spend()
+        result.tokens = spend.tokens
+        result.cost_usd = spend.usd
+        # Restarting from scratch pays for the failed try, then for every step again;
+        # resuming pays for the failed try and only what had not completed.
+        result.restart_tokens = faulted_tokens + self.golden_spend.tokens
+        result.resume_tokens = spend.tokens
+        if spend.usd is not None and self.golden_spend.usd is not None and spend.tokens:
+            result.restart_usd = spend.usd * result.restart_tokens / spend.tokens
+        outside = self._outside_calls() - self.reference_outside_calls
+        if outside > 0:
+            spend.duplicates.append(
+                f"{outside} LLM call(s) made outside any step were billed again on replay"
+            )
+        result.duplicate_tokens = spend.duplicate_tokens
+        if spend.duplicates:
+            result.problems.extend(f"duplicate LLM spend: {d}" for d in spend.duplicates)
+        if self.llm is not None:
+            engine = self._engine_tokens()
+            if engine != spend.tokens:
+                result.problems.append(
+                    f"the engine's ledger counts {engine} tokens, the HTTP layer {spend.tokens}"
+                )
