@@ -7,6 +7,7 @@ the effect is, without server-made ids, so the same effect made twice shows up t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -78,11 +79,8 @@ class SQLiteTableWatcher:
     def reset(self) -> None:
         """Empty the table (between scenarios)."""
         if self.path.exists():
-            with sqlite3.connect(self.path) as db:
-                try:
-                    db.execute(f'DELETE FROM "{self.table}"')
-                except sqlite3.OperationalError:
-                    pass  # no table yet
+            with sqlite3.connect(self.path) as db, contextlib.suppress(sqlite3.OperationalError):
+                db.execute(f'DELETE FROM "{self.table}"')  # no table yet: nothing to empty
 
 
 class DirectoryWatcher:
