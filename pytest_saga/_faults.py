@@ -18,6 +18,7 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "InjectedFault",
+    "SagaOrderWarning",
     "SimulatedCrash",
     "StepProfile",
 ]
@@ -36,6 +37,10 @@ Service = Literal["s3", "http", "llm"]
 
 class SimulatedCrash(BaseException):
     """The process "died" here: nothing after it runs, the run's lease is left to expire."""
+
+
+class SagaOrderWarning(UserWarning):
+    """A saga declares an irreversible effect where a later failure cannot undo it."""
 
 
 class InjectedFault(Exception):
@@ -132,6 +137,10 @@ class FaultPlan:
         self.delivered: list[tuple[str, int, str, int, str]] = []  # kind, seq, name, attempt, via
         self._recording = False
         self._called: set[tuple[str, int, int]] = set()  # attempts that reached a mock
+        # I6: every compensation's first run "loses its acknowledgement", so the engine
+        # runs it again: a compensation that is not idempotent shows itself.
+        self.double_compensations = False
+        self.doubled: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ programming
 
@@ -154,6 +163,7 @@ class FaultPlan:
         self.faults = []
         self.delivered = []
         self._called = set()
+        self.doubled = set()
 
     def record_profiles(self, on: bool) -> None:
         """Record which services each step calls (during the reference run)."""
@@ -209,6 +219,13 @@ class FaultPlan:
             self.profiles.setdefault(
                 event.seq, StepProfile(event.seq, event.name, event.step_kind or "pure")
             )
+        if (
+            self.double_compensations
+            and event.kind == "compensation_returned"
+            and (event.key, event.seq) not in self.doubled
+        ):
+            self.doubled.add((event.key, event.seq))
+            raise InjectedTimeout("comp-twice", event.name)
         if not self.faults:
             return
         ctx = StepContext(

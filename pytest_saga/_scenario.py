@@ -288,8 +288,12 @@ class SagaHarness:
             after = self._next_step(seq)
             assert after is not None
             self.faults.inject("partial", after)
+        self.faults.double_compensations = True
         status = self._faulted_run(result)
+        self.faults.double_compensations = False
         self.faults.clear()
+        self._check_idempotent_compensations(result)
+        self._check_swallowed(result, scenario, seq, status)
         faulted_tokens = self._spend().tokens
 
         if status in ("rolled_back", "needs_attention"):
@@ -364,6 +368,58 @@ class SagaHarness:
                     f"run {key!r}: rollback({key!r}) left compensations outstanding ({final})"
                 )
 
+    def _check_idempotent_compensations(self, result: ScenarioResult) -> None:
+        """A compensation the harness ran a second time must succeed the second time."""
+        for event in self.tracker.events:
+            if (
+                event.kind == "compensation_end"
+                and event.status == "failed"
+                and (event.key, event.seq) in self.faults.doubled
+                and not isinstance(event.error, TimeoutError)
+            ):
+                result.problems.append(
+                    f"the compensation of step {event.seq} {event.name!r} is not idempotent: "
+                    f"run a second time it failed ({type(event.error).__name__}: {event.error})"
+                )
+                self.faults.doubled.discard((event.key, event.seq))
+
+    def _check_swallowed(self, result: ScenarioResult, scenario: Scenario, seq: int, status: str) -> None:
+        """A fault on every attempt cannot end in success unless the workflow hid it."""
+        permanent = scenario.times is None and scenario.kind in ("503", "500", "529", "429", "timeout",
+                                                                 "connect", "partial")
+        if status != "recovered" or not permanent:
+            return
+        if not any(s == seq for (_, s) in self.tracker.completed):
+            name = self.profiles[seq].name
+            result.problems.append(
+                f"step {seq} {name!r} failed on every attempt, yet the run succeeded: the "
+                "workflow swallowed the error, so nothing was compensated and its effect is "
+                "missing"
+            )
+
+    def check_order(self) -> list[str]:
+        """Saga order is compensable → pivot → retriable: report steps that break it."""
+        problems = []
+        pivot = next((s for s, p in self.profiles.items() if p.kind == "pivot"), None)
+        for seq, profile in self.profiles.items():
+            irreversible = profile.kind == "pivot" or (profile.kind == "pure" and profile.writes)
+            if not irreversible:
+                continue
+            later = [p for s, p in self.profiles.items() if s > seq and p.kind == "compensable"]
+            if later:
+                what = "the pivot" if profile.kind == "pivot" else "an irreversible effect (no compensation)"
+                problems.append(
+                    f"step {seq} {profile.name!r} is {what}, but compensable step "
+                    f"{later[0].seq} {later[0].name!r} comes after it: a failure there cannot "
+                    "roll it back. Order steps compensable → pivot → retriable."
+                )
+            elif profile.kind == "pure" and pivot is not None and seq < pivot:
+                problems.append(
+                    f"warning: step {seq} {profile.name!r} changes a mocked service but has no "
+                    "compensation, before the pivot"
+                )
+        return problems
+
     def _irreversible(self) -> list[str]:
         """Effects of the pivot and later steps are declared irreversible."""
         pivot = next((s for s, p in self.profiles.items() if p.kind == "pivot"), None)
@@ -380,16 +436,14 @@ class SagaHarness:
                 )
 
     def _check_waits(self, result: ScenarioResult) -> None:
-        if result.kind != "429":
-            return
-        from ._faults import RETRY_AFTER_SECONDS
-
-        short = [w for _, w in self.tracker.waits() if w < RETRY_AFTER_SECONDS]
-        if short:
-            result.problems.append(
-                f"retried after {min(short):.3g}s, sooner than the {RETRY_AFTER_SECONDS:g}s "
-                "Retry-After asked for"
-            )
+        """I8: every retry of an error that asked for a wait waited at least that long."""
+        for event, wait in self.tracker.waits():
+            asked = saga_core.retry_after_seconds(event.error) if event.error else None
+            if asked is not None and wait < asked:
+                result.problems.append(
+                    f"step {event.seq} {event.name!r} was retried after {wait:.3g}s, sooner "
+                    f"than the {asked:g}s its Retry-After asked for"
+                )
 
     def _check_secrets(self, result: ScenarioResult) -> None:
         key = getattr(self.llm, "api_key", None)
@@ -414,10 +468,7 @@ class SagaHarness:
             for call in self.llm.calls:
                 if not call.billed:
                     continue
-                tokens = (
-                    call.input_tokens + call.output_tokens
-                    + call.cache_write_tokens + call.cache_read_tokens
-                )
+                tokens = call.tokens
                 spend.tokens += tokens
                 done = self.tracker.completed.get((call.run_key, call.seq)) if call.seq else None
                 if done is not None and not call.compensating and done < (call.attempt or 0):
@@ -464,8 +515,11 @@ class SagaHarness:
         if spend.duplicates:
             result.problems.extend(f"duplicate LLM spend: {d}" for d in spend.duplicates)
         if self.llm is not None:
+            # A lost acknowledgement is billed, but the client (and so the engine's meter)
+            # only ever saw a timeout: the two ledgers agree on everything else.
+            seen = spend.tokens - sum(c.tokens for c in self.llm.calls if c.outcome == "lost-ack")
             engine = self._engine_tokens()
-            if engine != spend.tokens:
+            if engine != seen:
                 result.problems.append(
-                    f"the engine's ledger counts {engine} tokens, the HTTP layer {spend.tokens}"
+                    f"the engine's ledger counts {engine} tokens, the HTTP layer {seen}"
                 )

@@ -221,6 +221,15 @@ def _run_scenarios(item: pytest.Function, options: SagaOptions) -> None:
         resettables=resettables, nodeid=item.nodeid,
     )
     results: list[ScenarioResult] = [harness.reference()]
+    for problem in harness.check_order():
+        if problem.startswith("warning: "):
+            import warnings
+
+            from ._faults import SagaOrderWarning
+
+            warnings.warn(SagaOrderWarning("pytest-saga: " + problem[len("warning: "):]), stacklevel=1)
+        else:
+            results[0].problems.append(problem)
     kinds = FAULT_KINDS if options.matrix else (options.fault,)
     step = None if options.matrix and options.fail_at is None else options.fail_at
     scenarios = harness.scenarios(step=step, kinds=kinds, times=options.fault_times)
@@ -229,6 +238,8 @@ def _run_scenarios(item: pytest.Function, options: SagaOptions) -> None:
     rows = [r.as_dict() for r in results]
     item.user_properties.append((_report.PROPERTY, json.dumps(rows)))
     faulted = results[1:]
+    if results[0].problems:
+        faulted = [results[0], *faulted]
     item.user_properties.append(("saga_tokens", sum(r.tokens for r in results)))
     item.user_properties.append(("saga_duplicate_tokens", sum(r.duplicate_tokens for r in faulted)))
     item.user_properties.append(("saga_restart_tokens", sum(r.restart_tokens for r in faulted)))

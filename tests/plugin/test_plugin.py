@@ -186,3 +186,87 @@ def test_p_no_saga_disables_everything(orders: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
     result = orders.runpytest_subprocess("-p", "no:saga", "--saga-fail-at=2")
     assert result.ret == 4  # the option does not exist without the plugin
+
+
+def planted(pytester: pytest.Pytester, old: str, new: str) -> pytest.Pytester:
+    source = ORDERS.format(compensate_charge=True)
+    assert old in source
+    pytester.makepyfile(test_orders=source.replace(old, new))
+    return pytester
+
+
+def test_a_compensation_that_is_not_idempotent_is_caught(pytester: pytest.Pytester) -> None:
+    planted(
+        pytester,
+        '''            conn.execute("DELETE FROM effects WHERE idem = ?", (current_step().idempotency_key,))''',
+        '''            gone = conn.execute("DELETE FROM effects WHERE idem = ?",
+                                (current_step().idempotency_key,)).rowcount
+            if gone != 1:
+                raise LookupError("nothing to undo")''',
+    )
+    result = pytester.runpytest_subprocess("--saga-fail-at=ship", "--saga-fault=500")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the compensation of step 3 'charge' is not idempotent: run a second time it failed "
+            "(LookupError: nothing to undo)*",
+            "*reproduce: pytest test_orders.py::test_order --saga-fail-at=ship --saga-fault=500*",
+        ]
+    )
+
+
+def test_an_error_swallowed_inside_the_workflow_is_caught(pytester: pytest.Pytester) -> None:
+    planted(
+        pytester,
+        '''        charge = run.step("charge", effect("charge"), order_id,
+                          compensate=undo if COMPENSATE_CHARGE else None)''',
+        '''        try:
+            charge = run.step("charge", effect("charge"), order_id, compensate=undo)
+        except Exception:
+            charge = None  # "best effort": the error is swallowed''',
+    )
+    result = pytester.runpytest_subprocess("--saga-fail-at=charge", "--saga-fault=503")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*missing: 1 effect(s) of the reference run*charge*",
+            "*step 3 'charge' failed on every attempt, yet the run succeeded: the workflow "
+            "swallowed the error*",
+            "*reproduce: pytest test_orders.py::test_order --saga-fail-at=charge --saga-fault=503*",
+        ]
+    )
+
+
+def test_an_irreversible_step_before_a_compensable_one_is_caught(pytester: pytest.Pytester) -> None:
+    planted(
+        pytester,
+        '''        run.step("reserve", effect("reserve"), order_id, compensate=undo)''',
+        '''        run.step("reserve", effect("reserve"), order_id, pivot=True)''',
+    )
+    result = pytester.runpytest_subprocess("--saga-fail-at=charge", "--saga-fault=500")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*step 2 'reserve' is the pivot, but compensable step 3 'charge' comes after it: a "
+            "failure there cannot roll it back*",
+        ]
+    )
+
+
+def test_compensations_in_forward_order_are_reported() -> None:
+    # saga_core always unwinds in reverse; this checks the harness's own I5 check on a
+    # history where an engine ran them forward.
+    from saga_core import Event
+    from pytest_saga._effects import SagaEffects
+    from pytest_saga._faults import FaultPlan, StepProfile
+    from pytest_saga._scenario import SagaHarness, ScenarioResult
+
+    harness = SagaHarness(lambda: None, faults=FaultPlan(), effects=SagaEffects())
+    harness.profiles = {1: StepProfile(1, "upload", "compensable"), 2: StepProfile(2, "log", "compensable")}
+    for seq, name in ((1, "upload"), (2, "log")):
+        harness.tracker(Event("compensation_end", "s", "k", seq=seq, name=name, status="done"))
+    result = ScenarioResult("log x 500", "log", "500", "rolled_back")
+    harness._check_reverse_order(result)
+    assert result.problems == [
+        "compensations ran in the order ['upload', 'log'], not in reverse step order"
+    ]
