@@ -12,6 +12,35 @@ from typing import Any
 __all__ = ["SagaClock"]
 
 START = datetime.datetime(2026, 5, 1, 9, 0, 0, tzinfo=datetime.UTC)
+_UNFROZEN = ("pydantic", "pydantic_core", "anthropic")
+
+
+_models_completed = False
+
+
+def _complete_lazy_models() -> None:
+    """Build the anthropic SDK's lazily-built pydantic models now, once per process.
+
+    freezegun swaps ``datetime.datetime`` for a stand-in; a model that pydantic first
+    builds while time is frozen fails on its datetime fields.
+    """
+    global _models_completed
+    if _models_completed:
+        return
+    _models_completed = True
+    try:
+        import anthropic.types
+        import pydantic
+    except ImportError:  # pragma: no cover - anthropic is a dependency
+        return
+    for name in dir(anthropic.types):
+        model = getattr(anthropic.types, name)
+        if (
+            isinstance(model, type)
+            and issubclass(model, pydantic.BaseModel)
+            and not model.__pydantic_complete__
+        ):
+            model.model_rebuild()
 
 
 class SagaClock:
@@ -33,8 +62,13 @@ class SagaClock:
         """Freeze time and make sleeping virtual."""
         import freezegun
 
+        _complete_lazy_models()
         # real_asyncio: the event loop keeps real time, only what code asks for is frozen.
-        self._freezer = freezegun.freeze_time(self.start_at, real_asyncio=True)
+        # pydantic builds models lazily and must see the real datetime class, not
+        # freezegun's stand-in (the anthropic SDK's models break otherwise).
+        self._freezer = freezegun.freeze_time(
+            self.start_at, real_asyncio=True, ignore=list(_UNFROZEN)
+        )
         self._frozen = self._freezer.start()
         real_async_sleep = asyncio.sleep
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -126,6 +126,7 @@ class SagaEffects:
         self._attributed: dict[tuple[str, str], str] = {}
         self._last: Snapshot = {}
         self._running: str | None = None
+        self._setups: dict[str, Callable[[], object]] = {}
 
     def watch(self, watcher: Watcher) -> Watcher:
         """Add a watcher (anything with ``name``, ``snapshot()`` and ``origin()``)."""
@@ -149,12 +150,23 @@ class SagaEffects:
         """Watch the files under ``path``."""
         return self.watch(DirectoryWatcher(path))
 
+    def setup(self, arrange: Callable[[], object]) -> None:
+        """Arrange what the saga expects to exist (a bucket, a schema) now, and again after
+        every reset between scenarios, before the baseline is taken: not an effect."""
+        code = getattr(arrange, "__code__", None)
+        key = f"{getattr(arrange, '__qualname__', '')}:{id(code) if code else id(arrange)}"
+        if key not in self._setups:
+            arrange()
+        self._setups[key] = arrange
+
     def reset(self) -> None:
-        """Reset every watcher that can be (between scenarios)."""
+        """Reset every watcher that can be, then arrange again (between scenarios)."""
         for watcher in self.watchers:
             reset = getattr(watcher, "reset", None)
             if callable(reset):
                 reset()
+        for arrange in self._setups.values():
+            arrange()
 
     def snapshot(self) -> Snapshot:
         """Every watcher's state now."""

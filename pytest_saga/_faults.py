@@ -185,7 +185,7 @@ class FaultPlan:
         if self._recording:
             profile = self._profile(ctx)
             profile.services.add(service)
-            profile.writes += write
+            profile.writes += write and service != "llm"  # spend is metered, not an effect
             profile.streams += streaming
         for fault in self.faults:
             if not fault.matches(ctx) or not fault.can_fire(ctx):

@@ -141,7 +141,9 @@ class FakeCollection:
 
     def add(self, body: dict[str, Any]) -> dict[str, Any]:
         """Seed a resource directly (no request, no fault, no origin); returns it."""
-        return self._create(dict(body))
+        created = self._create(dict(body))
+        self.owner._origins.pop(self.url(created[self.id_field]), None)
+        return created
 
     def __len__(self) -> int:
         return len(self.resources)
@@ -177,7 +179,9 @@ class FakeCollection:
 
     def _attribute(self, rid: str) -> None:
         ctx = _step()
-        if ctx is not None:
+        if ctx is None:
+            self.owner._origins.pop(self.url(rid), None)
+        else:
             self.owner._origins[self.url(rid)] = describe_step(ctx)
 
     def handle(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:

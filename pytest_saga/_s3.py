@@ -1,25 +1,38 @@
 """S3 on moto, with faults delivered through botocore's own event hooks.
 
-:class:`SagaS3` starts moto once (``mock_aws`` with ``reset_boto3_session: False``, so
-boto3's default session and its loaded service models survive between scenarios), puts
-fake credentials in the environment, and hooks three botocore events on *every* S3
-client, including the ones the code under test creates itself with
+:class:`SagaS3` starts moto (``mock_aws`` with ``reset_boto3_session: False``, so boto3's
+default session and its loaded service models survive between scenarios; reset data
+with :meth:`SagaS3.reset`, not a restart), puts fake credentials in the environment
+(and points the AWS config files at ``os.devnull``, removes ``AWS_PROFILE`` and
+configured endpoint URLs, so nothing redirects S3 away from moto), and hooks botocore
+events on *every* S3 client, including those the code under test creates itself with
 ``boto3.client("s3")``:
 
-- ``before-call.s3``: asks the :class:`~pytest_saga._faults.FaultPlan` for a fault
-  (once per API call) and records the call;
-- ``before-send.s3``: delivers request faults before anything reaches moto: an HTTP
-  error response with S3's error XML (botocore parses it and raises ``ClientError``
-  exactly as it would for real S3), or ``ReadTimeoutError`` / ``EndpointConnectionError``;
-- ``after-call.s3``: attributes what the call created to the running step, and delivers
-  ``lost-ack`` (the call landed in moto, then the caller gets ``ReadTimeoutError``).
+- ``before-parameter-build.s3`` / ``before-call.s3``: note the bucket and key, ask the
+  :class:`~pytest_saga._faults.FaultPlan` for a fault (once per API call, ``write``
+  for Put/Delete/Copy/Create/Upload/Complete/Abort/Restore operations) and log the call;
+- ``before-send.s3``: deliver request faults before anything reaches moto: a
+  503/500/529/429 response with S3's error XML (``SlowDown``/``InternalError``;
+  ``Retry-After`` on 429) that botocore parses into ``ClientError`` exactly as for real
+  S3, or ``ReadTimeoutError`` / ``EndpointConnectionError``. (botocore calls every
+  ``before-send`` handler, moto's too; the faulted request's URL is pointed at an
+  address moto ignores so that it does not land.)
+- ``after-call.s3``: attribute what the call created to the running step (for
+  :meth:`SagaS3.origin`), and deliver ``lost-ack``: the call landed in moto, then the
+  caller gets ``ReadTimeoutError``.
 
 The handlers reach new clients through ``botocore.handlers.BUILTIN_HANDLERS`` (every
-botocore session created while a :class:`SagaS3` is started registers them, which is
-how moto itself intercepts requests) and through ``boto3.DEFAULT_SESSION`` if it
-already exists. A client created *before* :meth:`SagaS3.start` from a session that
-predates it is not hooked: pass it to :meth:`SagaS3.hook`, or take the client from the
-fixture. The handlers are inert while no :class:`SagaS3` is started.
+botocore session created while a :class:`SagaS3` is started registers them; this is how
+moto itself intercepts requests) and through ``boto3.DEFAULT_SESSION`` if it already
+exists; clients copy their session's handlers when created. A client created *before*
+:meth:`SagaS3.start` from a session that predates it is not hooked: pass it to
+:meth:`SagaS3.hook`, or take the client from the fixture. The handlers are inert while
+no :class:`SagaS3` is started.
+
+A client built with botocore's default retries retries injected faults itself (with
+real sleeps) inside one step attempt; build clients with
+``Config(retries={"total_max_attempts": 1})``. (``{"max_attempts": 1}`` means one
+*retry* in botocore's client config: two attempts.)
 
 Faults and attribution read ``saga_core.current_step()``, a context variable: calls
 made from worker threads that did not copy the context (``upload_file``'s transfer
@@ -304,8 +317,9 @@ class SagaS3:
 
     Use as a context manager or with :meth:`start` / :meth:`stop`. ``faults`` (also an
     attribute) is the :class:`FaultPlan` consulted on every S3 API call. ``client`` is
-    one S3 client with botocore's retries off (``max_attempts=1``), so the saga
-    engine's retry layer is the only one. Watcher protocol: :attr:`name`,
+    one S3 client with botocore's retries off (``total_max_attempts=1``; note that
+    botocore's ``retries={"max_attempts": 1}`` means one *retry*, two attempts), so the
+    saga engine's retry layer is the only one. Watcher protocol: :attr:`name`,
     :meth:`snapshot`, :meth:`origin`.
     """
 
@@ -432,7 +446,9 @@ class SagaS3:
 
     @staticmethod
     def _config() -> Config:
-        return Config(retries={"max_attempts": 1, "mode": "standard"})
+        # botocore's client-config "max_attempts" counts retries (1 → 2 attempts);
+        # "total_max_attempts" counts the first try: exactly one attempt.
+        return Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
     @staticmethod
     def _credentials() -> dict[str, str]:
@@ -458,20 +474,28 @@ class SagaS3:
     # ------------------------------------------------------------------ watcher
 
     def _attribute(self, operation: str, bucket: str | None, key: str | None, parsed: dict[str, Any]) -> None:
-        ctx = _step()
-        if ctx is None or bucket is None:
+        """Remember which step created what this successful call created (forget the
+        previous creator of a resource recreated outside any step)."""
+        if bucket is None:
             return
-        who = describe_step(ctx)
+        created: str | None = None
         if operation == "CreateBucket":
-            self._origins[f"s3://{bucket}"] = who
+            created = f"s3://{bucket}"
         elif key is None:
             return
         elif operation in ("PutObject", "CopyObject", "CompleteMultipartUpload"):
-            self._origins[object_id(bucket, key, parsed.get("VersionId"))] = who
+            created = object_id(bucket, key, parsed.get("VersionId"))
         elif operation == "CreateMultipartUpload" and parsed.get("UploadId"):
-            self._origins[upload_id(bucket, key, parsed["UploadId"])] = who
+            created = upload_id(bucket, key, parsed["UploadId"])
         elif operation == "DeleteObject" and parsed.get("DeleteMarker"):
-            self._origins[object_id(bucket, key, parsed.get("VersionId"))] = who
+            created = object_id(bucket, key, parsed.get("VersionId"))
+        if created is None:
+            return
+        ctx = _step()
+        if ctx is None:
+            self._origins.pop(created, None)
+        else:
+            self._origins[created] = describe_step(ctx)
 
     def snapshot(self) -> dict[str, str]:
         """Every bucket (``bucket``), object version (its ETag, or ``delete-marker``;

@@ -235,6 +235,7 @@ class SagaHarness:
         return ScenarioResult(
             "reference", "-", "-", "succeeded", tokens=self.golden_spend.tokens,
             cost_usd=self.golden_spend.usd, virtual_seconds=self._virtual() - start,
+            repro=f"pytest {self.nodeid}",
         )
 
     # ------------------------------------------------------------------ scenarios
@@ -311,6 +312,9 @@ class SagaHarness:
                 self._call()
             except (RunFailed, NeedsAttentionError) as exc:
                 result.problems.append(f"the retry without the fault did not succeed: {exc}")
+            else:
+                if status == "crashed":
+                    result.outcome = "crashed → resumed"
         final = self.effects.snapshot()
         result.duplicates = self.effects.duplicates(self.golden, final)
         self._check_spend(result, faulted_tokens)
