@@ -198,7 +198,8 @@ def planted(pytester: pytest.Pytester, old: str, new: str) -> pytest.Pytester:
 def test_a_compensation_that_is_not_idempotent_is_caught(pytester: pytest.Pytester) -> None:
     planted(
         pytester,
-        '''            conn.execute("DELETE FROM effects WHERE idem = ?", (current_step().idempotency_key,))''',
+        '            conn.execute("DELETE FROM effects WHERE idem = ?", '
+        "(current_step().idempotency_key,))",
         '''            gone = conn.execute("DELETE FROM effects WHERE idem = ?",
                                 (current_step().idempotency_key,)).rowcount
             if gone != 1:
@@ -256,10 +257,10 @@ def test_an_irreversible_step_before_a_compensable_one_is_caught(pytester: pytes
 def test_compensations_in_forward_order_are_reported() -> None:
     # saga_core always unwinds in reverse; this checks the harness's own I5 check on a
     # history where an engine ran them forward.
-    from saga_core import Event
     from pytest_saga._effects import SagaEffects
     from pytest_saga._faults import FaultPlan, StepProfile
     from pytest_saga._scenario import SagaHarness, ScenarioResult
+    from saga_core import Event
 
     harness = SagaHarness(lambda: None, faults=FaultPlan(), effects=SagaEffects())
     harness.profiles = {1: StepProfile(1, "upload", "compensable"), 2: StepProfile(2, "log", "compensable")}
