@@ -12,7 +12,8 @@ from typing import Any
 __all__ = ["SagaClock"]
 
 START = datetime.datetime(2026, 5, 1, 9, 0, 0, tzinfo=datetime.UTC)
-_UNFROZEN = ("pydantic", "pydantic_core", "anthropic")
+# pytest's own timers (durations, timeouts) keep real time too.
+_UNFROZEN = ("pydantic", "pydantic_core", "anthropic", "_pytest", "pluggy", "xdist", "execnet")
 
 
 _models_completed = False

@@ -7,10 +7,11 @@ its boundary through saga_core's public observer events (``observe``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from saga_core import Event, StepContext, current_step
+from saga_core import Event, StepContext, add_observer, current_step
 
 __all__ = [
     "FAULT_KINDS",
@@ -141,8 +142,25 @@ class FaultPlan:
         # runs it again: a compensation that is not idempotent shows itself.
         self.double_compensations = False
         self.doubled: set[tuple[str, int]] = set()
+        self._installed = False
 
     # ------------------------------------------------------------------ programming
+
+    def install(self) -> Callable[[], None]:
+        """Listen to every saga's events (boundary faults need it); returns the remover.
+
+        Installing twice installs once.
+        """
+        if self._installed:
+            return lambda: None
+        remove = add_observer(self.observe)
+        self._installed = True
+
+        def uninstall() -> None:
+            remove()
+            self._installed = False
+
+        return uninstall
 
     def inject(self, kind: str, step: int | str, times: int | None = None) -> Fault:
         """Plan ``kind`` at ``step``; ``times=N`` makes it transient (N attempts)."""

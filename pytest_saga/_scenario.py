@@ -90,9 +90,14 @@ class ScenarioResult:
 
 
 class RunTracker:
-    """A saga_core observer: what the runs of one test did (the plugin's own record)."""
+    """A saga_core observer: what the runs of one test did (the plugin's own record).
 
-    def __init__(self) -> None:
+    Sagas without a seed of their own get ``seed``, so retry jitter, and so every
+    schedule and total, is the same on every run (I10; xdist totals equal serial ones).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self.events: list[Event] = []
         self.workflows: dict[str, Any] = {}
         self.completed: dict[tuple[str, int], int] = {}
@@ -101,7 +106,11 @@ class RunTracker:
     def __call__(self, event: Event) -> None:
         self.events.append(event)
         if event.kind == "run_start":
-            self.workflows[event.key] = saga_core.current_run().workflow
+            workflow = saga_core.current_run().workflow
+            self.workflows[event.key] = workflow
+            saga = getattr(workflow, "saga", None)
+            if saga is not None and saga.seed is None:
+                saga.seed = self.seed
         elif event.kind == "step_end" and event.status == "done" and event.seq is not None:
             mark = (event.key, event.seq)
             if mark not in self.completed:
@@ -162,6 +171,7 @@ class SagaHarness:
         clock: Any = None,
         resettables: Iterable[_Resettable] = (),
         nodeid: str = "",
+        seed: int = 0,
     ) -> None:
         self.body = body
         self.faults = faults
@@ -171,7 +181,7 @@ class SagaHarness:
         self.clock = clock
         self.resettables = list(resettables)
         self.nodeid = nodeid
-        self.tracker = RunTracker()
+        self.tracker = RunTracker(seed)
         self.profiles: dict[int, StepProfile] = {}
         self.golden: Snapshot = {}
         self.golden_spend = _Spend()
@@ -190,7 +200,7 @@ class SagaHarness:
 
     def _call(self) -> Any:
         remove = saga_core.add_observer(self.tracker)
-        remove_faults = saga_core.add_observer(self.faults.observe)
+        remove_faults = self.faults.install()
         remove_attribution = saga_core.add_observer(self._attribute)
         try:
             return self.body()

@@ -115,11 +115,14 @@ def options_for(item: pytest.Item) -> SagaOptions:
 
 
 @pytest.fixture
-def saga_faults() -> FaultPlan:
+def saga_faults() -> Iterator[FaultPlan]:
     """The active fault plan; program it with ``saga_faults.inject(kind, step, times)``."""
     from ._faults import FaultPlan
 
-    return FaultPlan()
+    plan = FaultPlan()
+    uninstall = plan.install()
+    yield plan
+    uninstall()
 
 
 @pytest.fixture
@@ -218,7 +221,7 @@ def _run_scenarios(item: pytest.Function, options: SagaOptions) -> None:
     harness = SagaHarness(
         lambda: item.obj(**funcargs),
         faults=faults, effects=effects, store=store, llm=llm, clock=clock,
-        resettables=resettables, nodeid=item.nodeid,
+        resettables=resettables, nodeid=item.nodeid, seed=options.seed or 0,
     )
     results: list[ScenarioResult] = [harness.reference()]
     for problem in harness.check_order():
