@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import datetime
 import time
 from collections.abc import Callable
@@ -19,21 +20,19 @@ _UNFROZEN = ("pydantic", "pydantic_core", "anthropic", "_pytest", "pluggy", "xdi
 _models_completed = False
 
 
-def _complete_lazy_models() -> None:
+def complete_lazy_models() -> None:
     """Build the anthropic SDK's lazily-built pydantic models now, once per process.
 
     freezegun swaps ``datetime.datetime`` for a stand-in; a model that pydantic first
     builds while time is frozen fails on its datetime fields.
     """
     global _models_completed
-    if _models_completed:
-        return
+    if _models_completed or "anthropic" not in sys.modules:
+        return  # imported later, under frozen time, its models build fine: no 1.7 s import
     _models_completed = True
-    try:
-        import anthropic.types
-        import pydantic
-    except ImportError:  # pragma: no cover - anthropic is a dependency
-        return
+    import anthropic.types
+    import pydantic
+
     for name in dir(anthropic.types):
         model = getattr(anthropic.types, name)
         if (
@@ -63,7 +62,7 @@ class SagaClock:
         """Freeze time and make sleeping virtual."""
         import freezegun
 
-        _complete_lazy_models()
+        complete_lazy_models()
         # real_asyncio: the event loop keeps real time, only what code asks for is frozen.
         # pydantic builds models lazily and must see the real datetime class, not
         # freezegun's stand-in (the anthropic SDK's models break otherwise).

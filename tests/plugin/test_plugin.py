@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Plugins the inner sessions do not need: they only slow each subprocess down.
+FAST = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider")
+
 # A 4-step order saga whose effects live in an SQLite table the test watches.
 ORDERS = '''
 import sqlite3
@@ -62,7 +65,7 @@ def orders(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_fail_at_runs_the_reference_the_faulted_run_and_the_retry(orders: pytest.Pytester) -> None:
-    result = orders.runpytest_subprocess("--saga-fail-at=3", "--saga-fault=500", "-p", "no:cacheprovider")
+    result = orders.runpytest_subprocess(*FAST, "--saga-fail-at=3", "--saga-fault=500")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -75,19 +78,21 @@ def test_fail_at_runs_the_reference_the_faulted_run_and_the_retry(orders: pytest
 
 
 def test_a_step_name_works_like_its_number(orders: pytest.Pytester) -> None:
-    result = orders.runpytest_subprocess("--saga-fail-at=reserve", "--saga-fault=timeout")
+    result = orders.runpytest_subprocess(*FAST, "--saga-fail-at=reserve", "--saga-fault=timeout")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*reserve x timeout*rolled_back*"])
 
 
 def test_a_transient_fault_is_absorbed_by_the_retry_policy(orders: pytest.Pytester) -> None:
-    result = orders.runpytest_subprocess("--saga-fail-at=2", "--saga-fault=503", "--saga-fault-times=2")
+    result = orders.runpytest_subprocess(
+        *FAST, "--saga-fail-at=2", "--saga-fault=503", "--saga-fault-times=2"
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*reserve x 503 x2*recovered*"])
 
 
 def test_the_matrix_sweeps_every_step_and_applicable_kind(orders: pytest.Pytester) -> None:
-    result = orders.runpytest_subprocess("--saga-matrix", "--saga-report=report.json")
+    result = orders.runpytest_subprocess(*FAST, "--saga-matrix", "--saga-report=report.json")
     result.assert_outcomes(passed=1)
     report = json.loads(Path(orders.path, "report.json").read_text())
     kinds = {(row["step"], row["fault"]) for row in report["scenarios"]}
@@ -103,7 +108,7 @@ def test_a_missing_compensation_is_reported_with_the_step_and_a_reproduction(
     pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(test_orders=ORDERS.format(compensate_charge=False))
-    result = pytester.runpytest_subprocess("--saga-fail-at=ship", "--saga-fault=500")
+    result = pytester.runpytest_subprocess(*FAST, "--saga-fail-at=ship", "--saga-fault=500")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -116,7 +121,7 @@ def test_a_missing_compensation_is_reported_with_the_step_and_a_reproduction(
 
 
 def test_a_step_the_saga_does_not_have_fails_with_the_real_step_list(orders: pytest.Pytester) -> None:
-    result = orders.runpytest_subprocess("--saga-fail-at=9")
+    result = orders.runpytest_subprocess(*FAST, "--saga-fail-at=9")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*--saga-fail-at=9: this saga has no such step; its steps are: 1 'quote', 2 'reserve', "
@@ -139,14 +144,14 @@ def test_a_step_the_saga_does_not_have_fails_with_the_real_step_list(orders: pyt
 def test_bad_option_values_exit_4_naming_the_flag(
     orders: pytest.Pytester, args: list[str], message: str
 ) -> None:
-    result = orders.runpytest_subprocess(*args)
+    result = orders.runpytest_subprocess(*FAST, *args)
     assert result.ret == 4
     result.stderr.fnmatch_lines([message])
 
 
 def test_bad_ini_values_exit_4_naming_the_key(orders: pytest.Pytester) -> None:
     orders.makeini("[pytest]\nsaga_fault = teapot\n")
-    result = orders.runpytest_subprocess()
+    result = orders.runpytest_subprocess(*FAST, )
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*saga_fault = 'teapot'*not a fault kind*"])
 
@@ -158,7 +163,7 @@ def test_marker_beats_command_line_beats_ini(pytester: pytest.Pytester) -> None:
             "@pytest.mark.saga\n", "@pytest.mark.saga(fail_at='charge')\n"
         )
     )
-    result = pytester.runpytest_subprocess("--saga-fault=timeout")
+    result = pytester.runpytest_subprocess(*FAST, "--saga-fault=timeout")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*charge x timeout*"])
 
@@ -169,22 +174,22 @@ def test_a_typo_in_the_marker_fails_the_test_clearly(pytester: pytest.Pytester) 
             "@pytest.mark.saga\n", "@pytest.mark.saga(fail_ta=2)\n"
         )
     )
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest_subprocess(*FAST, )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*unknown option(s) fail_ta; valid: *fail_at*"])
 
 
 def test_without_scenario_options_a_saga_test_runs_once(orders: pytest.Pytester) -> None:
-    result = orders.runpytest_subprocess("--strict-markers")
+    result = orders.runpytest_subprocess(*FAST, "--strict-markers")
     result.assert_outcomes(passed=1)
     assert "saga scenarios" not in result.stdout.str()
 
 
 def test_p_no_saga_disables_everything(orders: pytest.Pytester) -> None:
     orders.makepyfile(test_plain="def test_plain():\n    assert True\n")
-    result = orders.runpytest_subprocess("-p", "no:saga", "test_plain.py", "--strict-markers")
+    result = orders.runpytest_subprocess(*FAST, "-p", "no:saga", "test_plain.py", "--strict-markers")
     result.assert_outcomes(passed=1)
-    result = orders.runpytest_subprocess("-p", "no:saga", "--saga-fail-at=2")
+    result = orders.runpytest_subprocess(*FAST, "-p", "no:saga", "--saga-fail-at=2")
     assert result.ret == 4  # the option does not exist without the plugin
 
 
@@ -205,7 +210,7 @@ def test_a_compensation_that_is_not_idempotent_is_caught(pytester: pytest.Pytest
             if gone != 1:
                 raise LookupError("nothing to undo")''',
     )
-    result = pytester.runpytest_subprocess("--saga-fail-at=ship", "--saga-fault=500")
+    result = pytester.runpytest_subprocess(*FAST, "--saga-fail-at=ship", "--saga-fault=500")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -226,7 +231,7 @@ def test_an_error_swallowed_inside_the_workflow_is_caught(pytester: pytest.Pytes
         except Exception:
             charge = None  # "best effort": the error is swallowed''',
     )
-    result = pytester.runpytest_subprocess("--saga-fail-at=charge", "--saga-fault=503")
+    result = pytester.runpytest_subprocess(*FAST, "--saga-fail-at=charge", "--saga-fault=503")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -244,7 +249,7 @@ def test_an_irreversible_step_before_a_compensable_one_is_caught(pytester: pytes
         '''        run.step("reserve", effect("reserve"), order_id, compensate=undo)''',
         '''        run.step("reserve", effect("reserve"), order_id, pivot=True)''',
     )
-    result = pytester.runpytest_subprocess("--saga-fail-at=charge", "--saga-fault=500")
+    result = pytester.runpytest_subprocess(*FAST, "--saga-fail-at=charge", "--saga-fault=500")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [

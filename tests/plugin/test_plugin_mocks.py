@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Plugins the inner sessions do not need: they only slow each subprocess down.
+FAST = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider")
+
 MINI = '''
 import uuid
 import pytest
@@ -58,13 +61,15 @@ def test_pipeline(saga_s3, saga_llm, saga_store, saga_effects, saga_clock):
 '''
 
 
-def mini(pytester: pytest.Pytester, *, unique_keys: bool = False, llm_outside: bool = False) -> pytest.Pytester:
+def mini(
+    pytester: pytest.Pytester, *, unique_keys: bool = False, llm_outside: bool = False
+) -> pytest.Pytester:
     pytester.makepyfile(test_mini=MINI.format(unique_keys=unique_keys, llm_outside=llm_outside))
     return pytester
 
 
 def test_the_correct_pipeline_passes_every_step_and_kind(pytester: pytest.Pytester) -> None:
-    result = mini(pytester).runpytest_subprocess("--saga-matrix", "--saga-report=r.json")
+    result = mini(pytester).runpytest_subprocess(*FAST, "--saga-matrix", "--saga-report=r.json")
     result.assert_outcomes(passed=1)
     totals = json.loads(Path(pytester.path, "r.json").read_text())["totals"]
     assert totals["failed"] == totals["orphans"] == totals["duplicate_tokens"] == 0
@@ -75,6 +80,7 @@ def test_an_upload_without_an_idempotency_key_is_duplicated_by_a_lost_ack(
     pytester: pytest.Pytester,
 ) -> None:
     result = mini(pytester, unique_keys=True).runpytest_subprocess(
+        *FAST,
         "--saga-fail-at=upload", "--saga-fault=lost-ack", "--saga-fault-times=1"
     )
     result.assert_outcomes(failed=1)
@@ -91,6 +97,7 @@ def test_an_upload_without_an_idempotency_key_is_duplicated_by_a_lost_ack(
 
 def test_an_llm_call_outside_a_cached_step_is_billed_again_on_retry(pytester: pytest.Pytester) -> None:
     result = mini(pytester, llm_outside=True).runpytest_subprocess(
+        *FAST,
         "--saga-fail-at=finish", "--saga-fault=500"
     )
     result.assert_outcomes(failed=1)
@@ -108,7 +115,7 @@ def test_spend_goes_to_junit_properties_and_the_github_step_summary(
 ) -> None:
     summary = pytester.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    result = mini(pytester).runpytest_subprocess("--saga-fail-at=upload", "--junitxml=junit.xml")
+    result = mini(pytester).runpytest_subprocess(*FAST, "--saga-fail-at=upload", "--junitxml=junit.xml")
     result.assert_outcomes(passed=1)
     junit = Path(pytester.path, "junit.xml").read_text()
     assert '<property name="saga_duplicate_tokens" value="0"' in junit
@@ -125,9 +132,9 @@ def test_xdist_totals_equal_serial_totals(pytester: pytest.Pytester) -> None:
         test_b=source.replace('Saga("mini"', 'Saga("other"'),
         test_c=source.replace("rows 1 2 3", "rows 4 5 6 7 8 9"),
     )
-    serial = pytester.runpytest_subprocess("--saga-matrix", "--saga-report=serial.json")
+    serial = pytester.runpytest_subprocess(*FAST, "--saga-matrix", "--saga-report=serial.json")
     serial.assert_outcomes(passed=3)
-    parallel = pytester.runpytest_subprocess("--saga-matrix", "--saga-report=parallel.json", "-n", "2")
+    parallel = pytester.runpytest_subprocess(*FAST, "--saga-matrix", "--saga-report=parallel.json", "-n", "2")
     parallel.assert_outcomes(passed=3)
     one = json.loads(Path(pytester.path, "serial.json").read_text())
     two = json.loads(Path(pytester.path, "parallel.json").read_text())
@@ -136,7 +143,7 @@ def test_xdist_totals_equal_serial_totals(pytester: pytest.Pytester) -> None:
 
 
 def test_the_report_json_has_the_documented_shape(pytester: pytest.Pytester) -> None:
-    mini(pytester).runpytest_subprocess("--saga-fail-at=2", "--saga-report=out/report.json")
+    mini(pytester).runpytest_subprocess(*FAST, "--saga-fail-at=2", "--saga-report=out/report.json")
     report = json.loads(Path(pytester.path, "out", "report.json").read_text())
     assert report["version"] == 1
     assert set(report["totals"]) >= {
