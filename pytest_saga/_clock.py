@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import datetime
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
