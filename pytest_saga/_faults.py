@@ -13,6 +13,8 @@ from typing import Literal
 
 from saga_core import Event, StepContext, add_observer, current_step
 
+from ._kinds import FAULT_KINDS
+
 __all__ = [
     "FAULT_KINDS",
     "Delivery",
@@ -24,10 +26,6 @@ __all__ = [
     "StepProfile",
 ]
 
-FAULT_KINDS: tuple[str, ...] = (
-    "503", "500", "529", "429", "timeout", "connect", "partial", "lost-ack", "crash",
-    "stream-cut", "comp-fail",
-)
 # Fail the request before it lands (the service never saw it).
 REQUEST_KINDS = frozenset({"503", "500", "529", "429", "timeout", "connect"})
 STATUS = {"503": 503, "500": 500, "529": 529, "429": 429}

@@ -334,6 +334,8 @@ class SagaHTTP:
 
     # ------------------------------------------------------------------ lifecycle
 
+    _shared_client: httpx.Client | None = None
+
     def start(self) -> None:
         """Patch httpx so the router answers every request; idempotent."""
         if not self.started:
@@ -371,8 +373,16 @@ class SagaHTTP:
     # ------------------------------------------------------------------ clients
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        """A plain ``httpx.Client`` (its requests are answered by the router)."""
-        return httpx.Client(**kwargs)
+        """A plain ``httpx.Client`` (its requests are answered by the router).
+
+        Without arguments, the same client every time: a new one costs an SSL context
+        (tens of ms), and a test body calls this once per scenario.
+        """
+        if kwargs:
+            return httpx.Client(**kwargs)
+        if self._shared_client is None or self._shared_client.is_closed:
+            self._shared_client = httpx.Client()
+        return self._shared_client
 
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """A plain ``httpx.AsyncClient`` (its requests are answered by the router)."""

@@ -389,10 +389,21 @@ class SagaLLM:
         return self._mock
 
     def client(self, **kwargs: Any) -> anthropic.Anthropic:
-        """A real ``anthropic.Anthropic`` on the mock, metered into the running saga."""
+        """A real ``anthropic.Anthropic`` on the mock, metered into the running saga.
+
+        Without arguments, the same client every time (a new one costs an SSL context).
+        """
+        if not kwargs and self._shared_client is not None:
+            return self._shared_client
+        shared = not kwargs
         self._client_defaults(kwargs)
         kwargs.setdefault("http_client", metered_http_client(self._mock))
-        return anthropic.Anthropic(**kwargs)
+        client = anthropic.Anthropic(**kwargs)
+        if shared:
+            self._shared_client = client
+        return client
+
+    _shared_client: anthropic.Anthropic | None = None
 
     def async_client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
         """A real ``anthropic.AsyncAnthropic`` on the mock, metered into the running saga."""

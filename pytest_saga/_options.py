@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ._faults import FAULT_KINDS
+from ._kinds import FAULT_KINDS
 
 __all__ = [
     "SagaOptions",

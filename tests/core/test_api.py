@@ -116,3 +116,16 @@ def test_no_pickle_anywhere() -> None:
             text = path.read_text()
             for banned in ("import pickle", "import cPickle", "import dill", "import marshal"):
                 assert banned not in text, f"{path}: {banned}"
+
+
+def test_loading_the_plugin_imports_neither_saga_core_nor_the_mocks() -> None:
+    # A suite that never uses sagas must pay (almost) nothing for the installed plugin.
+    code = (
+        "import sys, pytest, pytest_saga.plugin\n"
+        "heavy = ('saga_core', 'moto', 'respx', 'freezegun', 'anthropic', 'boto3', 'tenacity')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
