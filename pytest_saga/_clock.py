@@ -7,8 +7,9 @@ import datetime
 import sys
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
+
+from ._context import StartStop
 
 __all__ = ["SagaClock"]
 
@@ -43,7 +44,7 @@ def complete_lazy_models() -> None:
             model.model_rebuild()
 
 
-class SagaClock:
+class SagaClock(StartStop):
     """Frozen time; ``time.sleep``, ``asyncio.sleep`` and ``anyio.sleep`` (what tenacity,
     saga_core and the anthropic SDK sleep with) advance it instead of waiting.
 
@@ -117,13 +118,3 @@ class SagaClock:
         """Virtual seconds since the epoch."""
         return time.time()
 
-    def __enter__(self) -> SagaClock:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -34,15 +34,13 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
 import respx
 from respx.models import AllMockedAssertionError
 
-from saga_core import StepContext, current_run, current_step
-
+from ._context import StartStop, describe_step, running_key, running_step
 from ._faults import Delivery, FaultPlan
 
 __all__ = ["FakeCollection", "HTTPRequest", "SagaHTTP"]
@@ -51,24 +49,6 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def describe_step(ctx: StepContext) -> str:
-    """``"step 3 'upload', attempt 1"`` (``"compensation of step ..."`` when undoing)."""
-    what = "compensation of step" if ctx.compensating else "step"
-    return f"{what} {ctx.seq} {ctx.name!r}, attempt {ctx.attempt}"
-
-
-def _step() -> StepContext | None:
-    try:
-        return current_step()
-    except Exception:
-        return None
-
-
-def _run_key() -> str | None:
-    try:
-        return current_run().key
-    except Exception:
-        return None
 
 
 def fingerprint(body: dict[str, Any], id_field: str) -> str:
@@ -178,7 +158,7 @@ class FakeCollection:
         return body
 
     def _attribute(self, rid: str) -> None:
-        ctx = _step()
+        ctx = running_step()
         if ctx is None:
             self.owner._origins.pop(self.url(rid), None)
         else:
@@ -312,7 +292,7 @@ class _FaultingRouter(respx.MockRouter):
         return self._owner._finish(entry, delivery, request, None)
 
 
-class SagaHTTP:
+class SagaHTTP(StartStop):
     """A respx router with fake REST collections, idempotency keys and planned faults.
 
     Use as a context manager or with :meth:`start` / :meth:`stop` (routes and
@@ -348,17 +328,6 @@ class SagaHTTP:
             self.started = False
             self.router.stop(clear=False, reset=False, quiet=True)
 
-    def __enter__(self) -> SagaHTTP:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Empty every collection, forget idempotency keys, origins and the request
@@ -424,13 +393,13 @@ class SagaHTTP:
     # ------------------------------------------------------------------ request path
 
     def _admit(self, request: httpx.Request) -> tuple[HTTPRequest, Delivery | None]:
-        ctx = _step()
+        ctx = running_step()
         entry = HTTPRequest(
             request.method,
             str(request.url),
             request.headers.get(IDEMPOTENCY_HEADER),
             request.content,
-            ctx.key if ctx else _run_key(),
+            ctx.key if ctx else running_key(),
             ctx.seq if ctx else None,
             ctx.name if ctx else None,
             ctx.attempt if ctx else None,

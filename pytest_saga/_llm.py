@@ -27,7 +27,6 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import anthropic
@@ -37,13 +36,11 @@ import httpx2
 from saga_core import (
     AsyncMeteredTransport,
     MeteredTransport,
-    SagaError,
     async_metered_http_client,
-    current_run,
-    current_step,
     metered_http_client,
 )
 
+from ._context import StartStop, running_key, running_step
 from ._faults import Delivery, FaultPlan
 
 __all__ = ["LLMBill", "SagaLLM"]
@@ -184,17 +181,10 @@ class _Context:
 
 
 def _saga_context() -> _Context:
-    try:
-        step = current_step()
-    except SagaError:
-        pass
-    else:
+    step = running_step()
+    if step is not None:
         return _Context(step.key, step.seq, step.name, step.attempt, step.compensating)
-    try:
-        run = current_run()
-    except SagaError:
-        return _Context()
-    return _Context(run.key)
+    return _Context(running_key())
 
 
 # ---------------------------------------------------------------------------------- request parsing
@@ -304,7 +294,7 @@ def _error_response(
 # ---------------------------------------------------------------------------------- the mock
 
 
-class SagaLLM:
+class SagaLLM(StartStop):
     """A mock Anthropic Messages API for the real SDK, with scripted replies, faults and a
     per-attempt oracle ledger (``calls``)."""
 
@@ -362,16 +352,6 @@ class SagaLLM:
             if not _ACTIVE:
                 _uninstall()
 
-    def __enter__(self) -> SagaLLM:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Forget the call log and the prompt cache (between scenarios); scripts stay."""

@@ -47,7 +47,6 @@ import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -58,8 +57,7 @@ from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from moto import mock_aws
 
-from saga_core import StepContext, current_run, current_step
-
+from ._context import StartStop, describe_step, running_key, running_step
 from ._faults import REQUEST_KINDS, Delivery, FaultPlan
 
 if TYPE_CHECKING:
@@ -103,24 +101,6 @@ def is_write(operation: str) -> bool:
     return operation.startswith(_WRITE_PREFIXES)
 
 
-def describe_step(ctx: StepContext) -> str:
-    """``"step 3 'upload', attempt 1"`` (``"compensation of step ..."`` when undoing)."""
-    what = "compensation of step" if ctx.compensating else "step"
-    return f"{what} {ctx.seq} {ctx.name!r}, attempt {ctx.attempt}"
-
-
-def _step() -> StepContext | None:
-    try:
-        return current_step()
-    except Exception:
-        return None
-
-
-def _run_key() -> str | None:
-    try:
-        return current_run().key
-    except Exception:
-        return None
 
 
 def object_id(bucket: str, key: str, version_id: str | None = None) -> str:
@@ -191,14 +171,14 @@ def _before_call(model: Any, context: dict[str, Any], **kwargs: Any) -> None:
     delivery = owner.faults.take("s3", write=is_write(operation)) if owner.faults else None
     state["fault"] = delivery
     _ARMED.set(delivery if delivery is not None and delivery.kind in REQUEST_KINDS else None)
-    ctx = _step()
+    ctx = running_step()
     owner.calls.append(
         S3Call(
             operation,
             state["bucket"],
             state["key"],
             delivery.kind if delivery else None,
-            ctx.key if ctx else _run_key(),
+            ctx.key if ctx else running_key(),
             ctx.seq if ctx else None,
             ctx.name if ctx else None,
             ctx.attempt if ctx else None,
@@ -312,7 +292,7 @@ def _s3_backends() -> Iterator[Any]:
 # ---------------------------------------------------------------------- SagaS3
 
 
-class SagaS3:
+class SagaS3(StartStop):
     """Moto-backed S3 that injects planned faults and watches for orphans.
 
     Use as a context manager or with :meth:`start` / :meth:`stop`. ``faults`` (also an
@@ -376,17 +356,6 @@ class SagaS3:
                     os.environ[name] = value
             self._saved_env = {}
 
-    def __enter__(self) -> SagaS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Delete every bucket, object, version and multipart upload (moto's S3 backend
@@ -491,7 +460,7 @@ class SagaS3:
             created = object_id(bucket, key, parsed.get("VersionId"))
         if created is None:
             return
-        ctx = _step()
+        ctx = running_step()
         if ctx is None:
             self._origins.pop(created, None)
         else:

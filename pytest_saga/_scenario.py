@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import saga_core
 from saga_core import Event, NeedsAttentionError, RunFailed, Store
 
+from ._context import step_label
 from ._effects import SagaEffects, Snapshot
 from ._faults import FaultPlan, SimulatedCrash, StepProfile
 
@@ -211,8 +212,8 @@ class SagaHarness:
 
     def _attribute(self, event: Event) -> None:
         if event.kind in ("step_start", "compensation_start"):
-            what = "step" if event.kind == "step_start" else "compensation of step"
-            self.effects.step_boundary(f"{what} {event.seq} {event.name!r}, attempt {event.attempt}")
+            compensating = event.kind == "compensation_start"
+            self.effects.step_boundary(step_label(event.seq, event.name, event.attempt, compensating))
         elif event.kind in ("step_end", "compensation_end", "run_start", "run_end"):
             self.effects.step_boundary(None)
 
