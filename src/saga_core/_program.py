@@ -56,7 +56,8 @@ def attempts(engine: RunEngine, ex: Execution, error: Exception | None = None) -
                 engine.end_attempt(token)
         wait = engine.failed(ex, error)
         if wait is None:
-            engine.failed_step = (ex.seq, ex.name)
+            if ex.phase == "step":  # a compensation giving up does not move the blame
+                engine.failed_step = (ex.seq, ex.name)
             final = engine.give_up(error)
             if final is error:
                 raise error

@@ -290,6 +290,8 @@ def test_failing_compensation_does_not_stop_the_others_and_rollback_finishes_it(
         report.run("adv", key="k")
 
     assert failed.value.status == "needs_attention"
+    assert failed.value.step == "notify"  # not the compensation that then failed
+    assert "failed in step 5 'notify'" in str(failed.value)
     assert "rollback('k')" in str(failed.value)
     assert list(world.effects.values()) == ["log", "notify"]  # upload undone, log outstanding
     with pytest.raises(NeedsAttentionError, match=r"step 4 'log'"):
