@@ -325,7 +325,8 @@ def load_app(spec: str, db: str | None) -> Any:
     return obj
 
 
-def _run_app(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
+def _run_app(args: argparse.Namespace, action: Callable[[Any], Any]) -> tuple[int, Any]:
+    """Run ``action(workflow)`` with progress on stderr: (exit code, its result)."""
     workflow = load_app(args.app, args.db)
     saga = workflow.saga
     find_run(saga.store, args.key, saga.name)  # unknown key: a clear error, nothing runs
@@ -339,27 +340,25 @@ def _run_app(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
     remove = saga.observe(progress)
     try:
         result = action(workflow)
+        if hasattr(result, "__await__"):
+            import asyncio
+
+            result = asyncio.run(result)
+    except (RunFailed, NeedsAttentionError, RunInProgressError) as exc:
+        print(redact(str(exc)), file=sys.stderr)
+        if isinstance(exc, RunInProgressError):
+            return EXIT_BUSY, None
+        failed = isinstance(exc, RunFailed) and exc.status == "rolled_back"
+        return (EXIT_FAILED if failed else EXIT_ATTENTION), None
     finally:
         remove()
-    if hasattr(result, "__await__"):
-        import asyncio
-
-        result = asyncio.run(result)
-    return result
+    return EXIT_OK, result
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    try:
-        result = _run_app(args, lambda wf: wf.run(key=args.key))
-    except RunFailed as exc:
-        print(redact(str(exc)), file=sys.stderr)
-        return EXIT_ATTENTION if exc.status == "needs_attention" else EXIT_FAILED
-    except NeedsAttentionError as exc:
-        print(redact(str(exc)), file=sys.stderr)
-        return EXIT_ATTENTION
-    except RunInProgressError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_BUSY
+    code, result = _run_app(args, lambda wf: wf.run(key=args.key))
+    if code != EXIT_OK:
+        return code
     shown = redact(json.dumps(result, default=str))
     if args.format == "json":
         print(json.dumps({"key": args.key, "status": "succeeded", "result": json.loads(shown)}))
@@ -369,14 +368,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    try:
-        status = _run_app(args, lambda wf: wf.rollback(args.key))
-    except NeedsAttentionError as exc:
-        print(redact(str(exc)), file=sys.stderr)
-        return EXIT_ATTENTION
-    except RunInProgressError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_BUSY
+    code, status = _run_app(args, lambda wf: wf.rollback(args.key))
+    if code != EXIT_OK:
+        return code
     print(json.dumps({"key": args.key, "status": status}) if args.format == "json"
           else f"run {args.key!r} is {status}")
     return EXIT_OK if status == "rolled_back" else EXIT_ATTENTION

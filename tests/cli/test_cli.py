@@ -233,3 +233,16 @@ def test_bad_option_values_are_usage_errors(ops: Ops) -> None:
     result = ops.saga("runs", "--since", "soon")
     assert result.returncode == 2
     assert "'soon' is not a duration" in result.stderr
+
+
+def test_resume_exit_codes_say_how_the_run_ended(tmp_path: Path) -> None:
+    ops = Ops(tmp_path)
+    ops.plant(fail=True)
+    assert ops.run_app("k") == 1
+    still_failing = ops.saga("resume", "k", "--app", "ops_app:report")
+    assert still_failing.returncode == 1  # resumed, failed again, rolled back
+    assert "it is rolled_back" in still_failing.stderr
+    ops.plant(fail=True, undo_fails=True)
+    stuck = ops.saga("resume", "k", "--app", "ops_app:report")
+    assert stuck.returncode == 3  # its undo failed: needs attention
+    assert "rollback('k')" in stuck.stderr
