@@ -519,18 +519,14 @@ class SagaLLM(StartStop):
         kind = delivery.kind if delivery is not None else None
         served_whole = kind not in ("lost-ack", "stream-cut") or (kind == "stream-cut" and not streaming)
 
-        if kind == "lost-ack":
+        def bill(outcome: str, billed_usage: Any) -> None:
             self._record(
-                reply_model,
-                ctx,
-                "lost-ack",
-                billed=True,
-                usage=usage.bill(),
-                streamed=streaming,
-                status=200,
-                retry=retry,
-                request_id=request_id,
+                reply_model, ctx, outcome, billed=True, usage=billed_usage, streamed=streaming,
+                status=200, retry=retry, request_id=request_id,
             )
+
+        if kind == "lost-ack":
+            bill("lost-ack", usage.bill())
             raise httpx2.ReadTimeout(
                 "pytest-saga injected 'lost-ack': the request landed and was billed, the reply was lost",
                 request=request,
@@ -540,16 +536,7 @@ class SagaLLM(StartStop):
         message_id = f"msg_saga{self._served:016d}"
         headers = {"request-id": request_id}
         if not streaming:
-            self._record(
-                reply_model,
-                ctx,
-                "ok",
-                billed=True,
-                usage=usage.bill(),
-                status=200,
-                retry=retry,
-                request_id=request_id,
-            )
+            bill("ok", usage.bill())
             message = {
                 "id": message_id,
                 "type": "message",
@@ -566,29 +553,9 @@ class SagaLLM(StartStop):
         events = self._events(message_id, reply_model, text, stop_reason, usage, cut=cut)
         if cut:
             # Billed for what was sent: message_start's usage (input, cache, 1 output token).
-            self._record(
-                reply_model,
-                ctx,
-                "stream-cut",
-                billed=True,
-                usage=usage.bill(output_tokens=min(1, usage.output_tokens)),
-                streamed=True,
-                status=200,
-                retry=retry,
-                request_id=request_id,
-            )
+            bill("stream-cut", usage.bill(output_tokens=min(1, usage.output_tokens)))
         else:
-            self._record(
-                reply_model,
-                ctx,
-                "ok",
-                billed=True,
-                usage=usage.bill(),
-                streamed=True,
-                status=200,
-                retry=retry,
-                request_id=request_id,
-            )
+            bill("ok", usage.bill())
         headers["content-type"] = "text/event-stream; charset=utf-8"
         headers["cache-control"] = "no-cache"
         return httpx2.Response(200, headers=headers, stream=_SSEBody(events))

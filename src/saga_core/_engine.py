@@ -63,8 +63,7 @@ class _History:
     """What the store says of one step position, derived from its attempt rows."""
 
     __slots__ = (
-        "attempts", "comp_attempts", "comp_failed", "done", "inputs", "kind", "last_done",
-        "live", "name",
+        "attempts", "comp_attempts", "comp_failed", "done", "kind", "last_done", "live", "name",
     )
 
     def __init__(self, name: str, kind: str) -> None:
@@ -76,7 +75,6 @@ class _History:
         self.last_done: StepRecord | None = None  # the latest output, even if compensated since
         self.live = False  # an attempt started after the last completed compensation
         self.comp_failed = False  # the last compensation attempt failed
-        self.inputs: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,12 +126,8 @@ def fold_row(history: dict[int, _History], row: StepRecord) -> bool:
         hist.comp_failed = False
         if row.status == "done":
             hist.done = hist.last_done = row
-            if row.inputs is not None:
-                hist.inputs = row.inputs
             return row.kind == "pivot"
         hist.done = None
-        if row.inputs is not None:
-            hist.inputs = row.inputs
         return False
     hist.comp_attempts = max(hist.comp_attempts, row.attempt)
     if row.status == "done":

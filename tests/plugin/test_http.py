@@ -11,6 +11,7 @@ import httpcore
 import httpx
 import pytest
 from respx.models import AllMockedAssertionError
+from sagas import make_saga, starts
 
 import saga_core
 from pytest_saga._faults import FaultPlan
@@ -36,20 +37,6 @@ def client(http: SagaHTTP) -> Iterator[httpx.Client]:
         yield client
 
 
-def make_saga(attempts: int = 3) -> tuple[saga_core.Saga, list[saga_core.Event]]:
-    events: list[saga_core.Event] = []
-    saga = saga_core.Saga(
-        "t",
-        saga_core.MemoryStore(),
-        clock=saga_core.VirtualClock(),
-        retry=saga_core.RetryPolicy(attempts=attempts, jitter=0),
-    )
-    saga.observe(events.append)
-    return saga, events
-
-
-def starts(events: list[saga_core.Event], seq: int = 1) -> int:
-    return sum(1 for e in events if e.kind == "step_start" and e.seq == seq)
 
 
 def notify_workflow(saga: saga_core.Saga, client: httpx.Client, *, keyed: bool = True) -> Any:

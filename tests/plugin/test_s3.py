@@ -14,6 +14,7 @@ import botocore.handlers
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from sagas import make_saga, starts
 
 import saga_core
 from pytest_saga._faults import FaultPlan
@@ -34,20 +35,6 @@ def s3(faults: FaultPlan) -> Iterator[SagaS3]:
         yield s3
 
 
-def make_saga(attempts: int = 3) -> tuple[saga_core.Saga, list[saga_core.Event]]:
-    events: list[saga_core.Event] = []
-    saga = saga_core.Saga(
-        "t",
-        saga_core.MemoryStore(),
-        clock=saga_core.VirtualClock(),
-        retry=saga_core.RetryPolicy(attempts=attempts, jitter=0),
-    )
-    saga.observe(events.append)
-    return saga, events
-
-
-def starts(events: list[saga_core.Event], seq: int = 1) -> int:
-    return sum(1 for e in events if e.kind == "step_start" and e.seq == seq)
 
 
 def upload_workflow(saga: saga_core.Saga, put: Callable[[str], Any]) -> Any:
