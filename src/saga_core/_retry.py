@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from tenacity import RetryCallState
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from ._clock import Clock
 from .errors import BudgetExceededError, CheckpointError, NonDeterminismError, SagaError
 
 __all__ = ["RetryPolicy", "is_transient", "retry_after_seconds"]
@@ -123,24 +125,34 @@ def retry_after_seconds(exc: BaseException, now: float | None = None) -> float |
     headers = _headers_of(exc)
     if not headers:
         return None
-    ms = headers.get("retry-after-ms")
+    ms = _seconds(headers.get("retry-after-ms"))
     if ms is not None:
-        try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        return ms / 1000.0
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
     return max(when - (now if now is not None else 0.0), 0.0) if now is not None else None
+
+
+def _seconds(value: Any) -> float | None:
+    """A header's number of seconds; ``None`` if it is not a finite number ("inf" would
+    wait forever)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+# 2.0 ** 1024 overflows (attempt 1025); 1023 doublings of any real initial wait pass any max.
+_MAX_DOUBLINGS = 1023
 
 
 class _WaitBackoff(wait_base):
@@ -153,7 +165,8 @@ class _WaitBackoff(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         p = self.policy
-        base = min(p.initial * (2 ** (retry_state.attempt_number - 1)), p.max)
+        doublings = min(retry_state.attempt_number - 1, _MAX_DOUBLINGS)
+        base = min(p.initial * 2.0**doublings, p.max)
         wait: float = base + (self.rng.uniform(0, p.jitter) if p.jitter > 0 else 0.0)
         outcome = retry_state.outcome
         if outcome is not None and outcome.failed:
@@ -163,6 +176,20 @@ class _WaitBackoff(wait_base):
                 if asked is not None:
                     wait = max(wait, asked)
         return wait
+
+
+class _StopAtDeadline(stop_base):
+    """Stop before an attempt would start past ``deadline`` seconds after the first one,
+    on a monotonic clock: a wall clock stepped by NTP neither ends retries early nor
+    extends them. ``retry_state.start_time`` is the first attempt's start on that clock."""
+
+    def __init__(self, deadline: float, monotonic: Callable[[], float]) -> None:
+        self.deadline = deadline
+        self.monotonic = monotonic
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        elapsed = self.monotonic() - retry_state.start_time
+        return elapsed + retry_state.upcoming_sleep >= self.deadline
 
 
 @dataclass(frozen=True)
@@ -189,18 +216,28 @@ class RetryPolicy:
             raise ValueError("RetryPolicy: initial, max and jitter must be >= 0")
 
     def retrying(
-        self, rng: random.Random, clock_time: Callable[[], float], budget_left: Callable[[], bool]
+        self,
+        rng: random.Random,
+        clock: Clock | Callable[[], float],
+        budget_left: Callable[[], bool],
     ) -> tenacity.Retrying:
-        """A tenacity controller for this policy; the engine drives it with ``iter``."""
+        """A tenacity controller for this policy; the engine drives it with ``iter``.
+
+        The deadline runs on ``clock.monotonic()`` from ``retry_state.start_time``, which
+        the engine sets to ``clock.monotonic()`` at the first attempt; ``clock.time()``
+        only dates ``Retry-After`` headers.
+        """
+        if callable(clock):  # a bare clock.time, as callers passed before: one clock for both
+            wall = monotonic = clock
+        else:
+            wall, monotonic = clock.time, clock.monotonic
         stop: stop_base = tenacity.stop_after_attempt(self.attempts)
         if self.deadline is not None:
-            # No attempt starts past the deadline; measured on the engine's clock, which the
-            # engine stamps on the retry state.
-            stop = stop | tenacity.stop_before_delay(self.deadline)
+            stop = stop | _StopAtDeadline(self.deadline, monotonic)
         retry_on = self.retry_on
         return tenacity.Retrying(
             stop=stop,
-            wait=_WaitBackoff(self, rng, clock_time),
+            wait=_WaitBackoff(self, rng, wall),
             retry=tenacity.retry_if_exception(lambda e: retry_on(e) and budget_left()),
             reraise=True,
         )
