@@ -141,6 +141,11 @@ class FaultPlan:
         self.double_compensations = False
         self.doubled: set[tuple[str, int]] = set()
         self._installed = False
+        # What each step attempt's requests to a service got, so that the SDK's own retry
+        # of a faulted request gets the same fault: a fault belongs to the engine's
+        # attempt, and an SDK retry inside it must not eat it (never a false green).
+        self._attempt_faults: dict[tuple[str, int, int, str], Delivery] = {}
+        self.sdk_retries: list[tuple[str, int, str, int, str]] = []  # sdk, seq, name, attempt, kind
 
     # ------------------------------------------------------------------ programming
 
@@ -173,6 +178,7 @@ class FaultPlan:
     def clear(self) -> None:
         """No more faults (delivery history is kept)."""
         self.faults = []
+        self._attempt_faults = {}
 
     def reset(self) -> None:
         """Forget faults and what was delivered (between scenarios)."""
@@ -180,6 +186,8 @@ class FaultPlan:
         self.delivered = []
         self._called = set()
         self.doubled = set()
+        self._attempt_faults = {}
+        self.sdk_retries = []
 
     def record_profiles(self, on: bool) -> None:
         """Record which services each step calls (during the reference run)."""
@@ -189,14 +197,30 @@ class FaultPlan:
 
     # ------------------------------------------------------------------ mocked services
 
-    def take(self, service: Service, *, write: bool = False, streaming: bool = False) -> Delivery | None:
-        """Called by a mocked service for each request: the fault to deliver now, if any."""
+    def take(
+        self,
+        service: Service,
+        *,
+        write: bool = False,
+        streaming: bool = False,
+        sdk_retry: str | None = None,
+    ) -> Delivery | None:
+        """Called by a mocked service for each request: the fault to deliver now, if any.
+
+        ``sdk_retry`` names the SDK (``"anthropic"``, ``"botocore"``) when the request is
+        that SDK's own retry of an earlier one: it gets the fault its attempt got.
+        """
         try:
             ctx = current_step()
         except Exception:
             return None  # not inside a step: nothing to fault, nothing to record
         if ctx.compensating:
             return None
+        attempt = (ctx.key, ctx.seq, ctx.attempt, service)
+        if sdk_retry is not None and attempt in self._attempt_faults:
+            again = self._attempt_faults[attempt]
+            self.sdk_retries.append((sdk_retry, ctx.seq, ctx.name, ctx.attempt, again.kind))
+            return again
         self._called.add((ctx.key, ctx.seq, ctx.attempt))
         if self._recording:
             profile = self._profile(ctx)
@@ -212,12 +236,17 @@ class FaultPlan:
             ):
                 fault.fire(ctx)
                 self.delivered.append((kind, ctx.seq, ctx.name, ctx.attempt, service))
-                return Delivery(
-                    kind,
-                    STATUS.get(kind),
-                    RETRY_AFTER_SECONDS if kind == "429" else None,
-                )
+                delivery = Delivery(kind, STATUS.get(kind), RETRY_AFTER_SECONDS if kind == "429" else None)
+                self._attempt_faults[attempt] = delivery
+                return delivery
         return None
+
+    def sdk_retry_counts(self) -> dict[str, int]:
+        """How many requests were an SDK's own retry of a faulted one, per SDK."""
+        counts: dict[str, int] = {}
+        for sdk, *_ in self.sdk_retries:
+            counts[sdk] = counts.get(sdk, 0) + 1
+        return counts
 
     def _profile(self, ctx: StepContext) -> StepProfile:
         profile = self.profiles.get(ctx.seq)

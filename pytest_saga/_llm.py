@@ -498,7 +498,13 @@ class SagaLLM(StartStop):
         model: str = body["model"]
         streaming = body.get("stream") is True
 
-        delivery = self.faults.take("llm", write=True, streaming=streaming) if self.faults else None
+        delivery = (
+            self.faults.take(
+                "llm", write=True, streaming=streaming, sdk_retry="anthropic" if retry else None
+            )
+            if self.faults
+            else None
+        )
         if delivery is not None:
             failed = self._fail(delivery, request, model, ctx, streaming, retry, request_id)
             if failed is not None:
@@ -574,7 +580,9 @@ class SagaLLM(StartStop):
         kind = delivery.kind
         if kind in _STATUS_KINDS:
             status = delivery.status if delivery.status is not None else int(kind)
-            headers: dict[str, str] = {}
+            # The engine's retry is the one layer: the SDK must not retry an injected
+            # status itself (its retries of timeouts get the fault again, see take()).
+            headers: dict[str, str] = {"x-should-retry": "false"}
             if status == 429:
                 wait = delivery.retry_after if delivery.retry_after is not None else 1.0
                 headers["retry-after"] = str(math.ceil(wait))

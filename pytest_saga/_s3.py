@@ -29,10 +29,13 @@ exists; clients copy their session's handlers when created. A client created *be
 :meth:`SagaS3.hook`, or take the client from the fixture. The handlers are inert while
 no :class:`SagaS3` is started.
 
-A client built with botocore's default retries retries injected faults itself (with
-real sleeps) inside one step attempt; build clients with
-``Config(retries={"total_max_attempts": 1})``. (``{"max_attempts": 1}`` means one
-*retry* in botocore's client config: two attempts.)
+While started, ``AWS_MAX_ATTEMPTS=1`` is set: clients built without a retry config of
+their own make one attempt per call, so the saga engine's retry is the only retry layer.
+A client built with its own retry config (``Config(retries={"max_attempts": 3})``)
+still retries inside one step attempt; each of its retries of a faulted call gets the
+same fault (a fault belongs to the engine's attempt, never eaten by the SDK), and is
+counted in :attr:`FaultPlan.sdk_retries`. (``{"max_attempts": 1}`` means one *retry* in
+botocore's client config: two attempts; ``{"total_max_attempts": 1}`` means one.)
 
 Faults and attribution read ``saga_core.current_step()``, a context variable: calls
 made from worker threads that did not copy the context (``upload_file``'s transfer
@@ -70,11 +73,15 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
 }
-# Set while started: nothing configured outside the test may redirect S3 elsewhere.
+# Set while started: nothing configured outside the test may redirect S3 elsewhere, and
+# clients the code builds itself (``boto3.client("s3")``) make one attempt per call, so
+# the saga engine's retry is the one retry layer. (A client given its own retry config
+# still retries: each of its retries of a faulted call gets the same fault.)
 _ISOLATION = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true",
+    "AWS_MAX_ATTEMPTS": "1",
 }
 _REMOVED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
@@ -92,8 +99,19 @@ _ERRORS = {
 _NOWHERE = "https://pytest-saga.invalid/injected-fault"
 _STATE = "pytest_saga.s3"  # our per-call state in botocore's request context
 
-# The fault before-call decided for the request before-send is about to send.
-_ARMED: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("pytest_saga_s3_armed", default=None)
+
+
+@dataclass
+class _Armed:
+    """The fault before-call decided for the call whose request before-send is sending;
+    ``sends`` counts botocore's attempts at it (its own retries)."""
+
+    delivery: Delivery
+    write: bool
+    sends: int = 0
+
+
+_ARMED: contextvars.ContextVar[_Armed | None] = contextvars.ContextVar("pytest_saga_s3_armed", default=None)
 
 
 def is_write(operation: str) -> bool:
@@ -170,7 +188,8 @@ def _before_call(model: Any, context: dict[str, Any], **kwargs: Any) -> None:
     operation: str = model.name
     delivery = owner.faults.take("s3", write=is_write(operation)) if owner.faults else None
     state["fault"] = delivery
-    _ARMED.set(delivery if delivery is not None and delivery.kind in REQUEST_KINDS else None)
+    armed = delivery is not None and delivery.kind in REQUEST_KINDS
+    _ARMED.set(_Armed(delivery, is_write(operation)) if delivery is not None and armed else None)
     ctx = running_step()
     owner.calls.append(
         S3Call(
@@ -188,10 +207,17 @@ def _before_call(model: Any, context: dict[str, Any], **kwargs: Any) -> None:
 
 
 def _before_send(request: Any, **kwargs: Any) -> AWSResponse | None:
-    delivery = _ARMED.get()
-    if delivery is None or not _ACTIVE:
+    armed = _ARMED.get()
+    owner = _active()
+    if armed is None or owner is None:
         return None
-    _ARMED.set(None)  # one fault per call: botocore's own retries (if any) go through
+    armed.sends += 1
+    delivery: Delivery | None = armed.delivery
+    if armed.sends > 1 and owner.faults is not None:
+        # botocore retrying the faulted call itself: the attempt's fault again.
+        delivery = owner.faults.take("s3", write=armed.write, sdk_retry="botocore")
+    if delivery is None:
+        return None
     url: str = request.url
     if delivery.kind == "timeout":
         raise ReadTimeoutError(endpoint_url=url, error="pytest-saga injected a read timeout")
@@ -219,6 +245,7 @@ def _after_call(
     http_response: Any, parsed: dict[str, Any], model: Any, context: dict[str, Any], **kwargs: Any
 ) -> None:
     owner = _active()
+    _ARMED.set(None)
     state = context.pop(_STATE, None)  # pop: a duplicate registration sees nothing
     if owner is None or state is None:
         return

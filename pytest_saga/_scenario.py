@@ -62,6 +62,7 @@ class ScenarioResult:
     virtual_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     repro: str = ""
+    sdk_retries: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,7 @@ class ScenarioResult:
             "virtual_seconds": round(self.virtual_seconds, 3),
             "problems": self.problems,
             "repro": self.repro,
+            "sdk_retries": self.sdk_retries,
         }
 
 
@@ -302,6 +304,7 @@ class SagaHarness:
             self.faults.inject("partial", after)
         self.faults.double_compensations = True
         status = self._faulted_run(result)
+        result.sdk_retries = self.faults.sdk_retry_counts()
         self.faults.double_compensations = False
         self.faults.clear()
         self._check_idempotent_compensations(result)

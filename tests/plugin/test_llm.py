@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -507,20 +506,35 @@ def test_stream_cut_does_not_touch_non_streaming_requests() -> None:
     assert [b.outcome for b in llm.calls] == ["ok"]
 
 
-def test_sdk_retries_are_separate_attempts_within_one_saga_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_sdk_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     slept: list[float] = []
-    original: Callable[..., float] = sdk_base.SyncAPIClient._calculate_retry_timeout
     monkeypatch.setattr(
         sdk_base.SyncAPIClient,
         "_sleep_for_retry",
         lambda self, *, retries_taken, max_retries, options, response: slept.append(1.0),
     )
-    assert original is sdk_base.SyncAPIClient._calculate_retry_timeout
-    llm, saga, result, _ = run_with_fault("503", max_retries=1)
+    return slept
+
+
+def test_the_sdk_does_not_retry_an_injected_status_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept = _no_sdk_sleep(monkeypatch)
+    llm, saga, result, _ = run_with_fault("503", max_retries=2)
     assert result == f"published [{MODEL}] summary of: weekly report rows"
-    assert slept == [1.0]
-    assert [(b.attempt, b.outcome, b.sdk_retry) for b in llm.calls] == [(1, "http_503", 0), (1, "ok", 1)]
-    assert llm.sdk_retries == 1
+    assert slept == []  # x-should-retry: false, the engine's retry is the one layer
+    assert [(b.attempt, b.outcome, b.sdk_retry) for b in llm.calls] == [(1, "http_503", 0), (2, "ok", 0)]
+    assert oracle_view(llm.calls) == engine_view(saga, "k")
+
+
+def test_sdk_retries_of_a_timed_out_attempt_get_the_same_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept = _no_sdk_sleep(monkeypatch)
+    llm, saga, result, _ = run_with_fault("timeout", max_retries=2)
+    assert result == f"published [{MODEL}] summary of: weekly report rows"
+    assert slept == [1.0, 1.0]
+    assert [(b.attempt, b.outcome, b.sdk_retry) for b in llm.calls] == [
+        (1, "timeout", 0), (1, "timeout", 1), (1, "timeout", 2), (2, "ok", 0),
+    ]
+    assert llm.sdk_retries == 2
+    assert llm.faults is not None and llm.faults.sdk_retry_counts() == {"anthropic": 2}
     assert oracle_view(llm.calls) == engine_view(saga, "k")
 
 

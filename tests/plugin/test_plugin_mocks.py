@@ -153,6 +153,6 @@ def test_the_report_json_has_the_documented_shape(pytester: pytest.Pytester) -> 
     assert set(row) == {
         "test", "scenario", "step", "fault", "outcome", "ok", "orphans", "duplicate_effects",
         "duplicate_tokens", "tokens", "restart_tokens", "resume_tokens", "cost_usd", "restart_usd",
-        "virtual_seconds", "problems", "repro",
+        "virtual_seconds", "problems", "repro", "sdk_retries",
     }
     assert row["repro"] == "pytest test_mini.py::test_pipeline --saga-fail-at=summarize --saga-fault=503"
