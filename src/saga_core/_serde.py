@@ -277,14 +277,14 @@ def check_text(place: str, value: str) -> None:
 
 
 def check_step_name(name: object) -> None:
-    """Raise :class:`SagaError` unless ``name`` is a str that can be stored."""
-    if type(name) is str and name.isascii():  # the hot path: one call per step
+    """Raise :class:`SagaError` unless ``name`` is a non-empty str that can be stored."""
+    if type(name) is str and name and name.isascii():  # the hot path: one call per step
         return
-    if not isinstance(name, str):
+    if not isinstance(name, str) or not name:
         raise SagaError(
-            f"saga_core: a step name must be a str, got {type(name).__qualname__} "
+            f"saga_core: a step name must be a non-empty str, got {type(name).__qualname__} "
             f"{safe_repr(name, 80)}. Step names identify checkpoints across resumes; name "
-            "the step with a string (run.step('fetch', fn, ...))."
+            "the step with a string (run.step('fetch', fn, ...)). Nothing was run."
         )
     check_text("the step name", name)
 

@@ -186,9 +186,9 @@ def test_a_lone_surrogate_in_a_key_or_name_is_a_saga_error_naming_it(place: str)
     check_text(place, "café ☕ 報告")  # any valid Unicode is fine
 
 
-@pytest.mark.parametrize("name", [3, 2.5, None, b"fetch", ("a",)], ids=repr)
-def test_a_step_name_that_is_not_a_str_is_refused(name: object) -> None:
-    with pytest.raises(SagaError, match="a step name must be a str, got"):
+@pytest.mark.parametrize("name", [3, 2.5, None, b"fetch", ("a",), ""], ids=repr)
+def test_a_step_name_that_is_not_a_non_empty_str_is_refused(name: object) -> None:
+    with pytest.raises(SagaError, match="a step name must be a non-empty str, got"):
         check_step_name(name)
 
 
