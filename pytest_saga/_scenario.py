@@ -7,18 +7,35 @@ that runs the saga once) and the fixtures' objects, then ``reference()`` and
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import saga_core
-from saga_core import Event, NeedsAttentionError, RunFailed, Store
+from saga_core import Event, NeedsAttentionError, RunFailed, SagaError, Store
 
 from ._context import step_label
 from ._effects import SagaEffects, Snapshot
 from ._faults import FaultPlan, SimulatedCrash, StepProfile
 
 __all__ = ["RunTracker", "SagaHarness", "SagaInvariantError", "Scenario", "ScenarioResult"]
+
+
+_ROLLBACK_FAILED = "rollback failed"
+
+
+def _settle(value: Any) -> Any:
+    """``value``, or what it resolves to if it is awaitable (an async workflow's
+    ``rollback``): the harness runs between test bodies, outside any event loop."""
+    if not inspect.isawaitable(value):
+        return value
+
+    async def wait() -> Any:
+        return await value
+
+    return asyncio.run(wait())
 
 
 class SagaInvariantError(AssertionError):
@@ -286,13 +303,30 @@ class SagaHarness:
         return f"pytest {self.nodeid} --saga-fail-at={step} --saga-fault={scenario.kind}{times}"
 
     def run(self, scenario: Scenario) -> ScenarioResult:
-        """Reset, run with the fault, check, retry without it, check again."""
+        """Reset, run with the fault, check, retry without it, check again.
+
+        A scenario that stops with an unexpected error (a ``NonDeterminismError`` in a
+        replay, a bug in the test body) is a failed row naming the error, not the end of
+        the sweep.
+        """
         seq = self.resolve(scenario.step)
         profile = self.profiles[seq]
         result = ScenarioResult(
             scenario.label(self.profiles), profile.name, scenario.kind, "?",
             repro=self.repro(scenario),
         )
+        try:
+            self._run(scenario, seq, result)
+        except Exception as exc:
+            if result.outcome == "?":
+                result.outcome = "error"
+            result.problems.append(f"the scenario stopped with {type(exc).__name__}: {exc}")
+        finally:
+            self.faults.double_compensations = False
+            self.faults.clear()
+        return result
+
+    def _run(self, scenario: Scenario, seq: int, result: ScenarioResult) -> None:
         self._reset()
         before = self.effects.mark()
         start = self._virtual()
@@ -321,7 +355,8 @@ class SagaHarness:
         elif status == "recovered":
             pass  # a transient fault absorbed by the retry policy: the run succeeded
         # The retry, fault cleared, as the next deploy (or a new process) would do it.
-        if status != "recovered":
+        # (Not after the harness's own rollback raised: the retry would only meet it again.)
+        if status != "recovered" and not result.outcome.endswith(_ROLLBACK_FAILED):
             try:
                 self._call()
             except (RunFailed, NeedsAttentionError) as exc:
@@ -335,7 +370,6 @@ class SagaHarness:
         self._check_waits(result)
         self._check_secrets(result)
         result.virtual_seconds = self._virtual() - start
-        return result
 
     def _faulted_run(self, result: ScenarioResult) -> str:
         try:
@@ -374,9 +408,15 @@ class SagaHarness:
             if record is None or record.status != "needs_attention":
                 continue
             try:
-                final = workflow.rollback(key)
+                final = _settle(workflow.rollback(key))
             except NeedsAttentionError:
                 result.outcome = "needs_attention (past pivot)"
+                return
+            except SagaError as exc:
+                result.outcome = f"needs_attention → {_ROLLBACK_FAILED}"
+                result.problems.append(
+                    f"run {key!r}: rollback({key!r}) raised {type(exc).__name__}: {exc}"
+                )
                 return
             result.outcome = f"needs_attention → rollback → {final}"
             if final == "rolled_back":

@@ -8,9 +8,13 @@ freezegun and anthropic are imported only by the fixtures that need them.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
+import inspect
 import json
 import os
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -186,78 +190,186 @@ def saga_effects(request: pytest.FixtureRequest) -> SagaEffects:
 
 
 # --------------------------------------------------------------------------- scenarios
+#
+# The sweep wraps ``pytest_pyfunc_call`` and runs the test body through
+# ``item.ihook.pytest_pyfunc_call`` once per run (re-entry guarded), so whichever plugin
+# runs bodies (anyio, pytest-asyncio, pytest itself) runs each one; the outer call then
+# runs a stand-in that reports the sweep's verdict. A bare ``async def`` saga test (no
+# plugin claims it) is run by ``pytest_pyfunc_call`` below.
+
+_IN_SWEEP = pytest.StashKey[bool]()
+_SWEPT = pytest.StashKey[bool]()
+# The harness needs these even if the test does not name them; added at collection.
+_SWEEP_FIXTURES = ("saga_faults", "saga_effects", "saga_clock")
+
+
+def _sweeps(item: pytest.Item) -> bool:
+    """Whether ``item`` is a saga test that runs fault scenarios (a bad marker: it does,
+    and says so when it runs)."""
+    if not isinstance(item, pytest.Function) or not is_saga_test(item):
+        return False
+    try:
+        return options_for(item).scenarios_requested
+    except (TypeError, ValueError):
+        return True
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _sweeps(item):
+            names = item.fixturenames  # type: ignore[attr-defined]
+            names.extend(name for name in _SWEEP_FIXTURES if name not in names)
+
+
+def _bare_coroutine(item: pytest.Function) -> bool:
+    """An ``async def`` test no async plugin runs (anyio's marker gives it anyio_backend;
+    pytest-asyncio hands pytest a synchronous wrapper)."""
+    return inspect.iscoroutinefunction(item.obj) and "anyio_backend" not in item.funcargs
+
+
+def _run_coroutine(item: pytest.Function) -> None:
+    __tracebackhide__ = True
+    accepted = inspect.signature(item.obj).parameters
+    kwargs = {name: value for name, value in item.funcargs.items() if name in accepted}
+    asyncio.run(item.obj(**kwargs))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not is_saga_test(pyfuncitem):
-        return None
-    try:
-        options = options_for(pyfuncitem)
-    except (TypeError, ValueError) as exc:
-        raise pytest.fail(str(exc), pytrace=False) from None
-    if not options.scenarios_requested:
-        return None
-    _run_scenarios(pyfuncitem, options)
-    return True
+    if is_saga_test(pyfuncitem) and _bare_coroutine(pyfuncitem):
+        _run_coroutine(pyfuncitem)
+        return True
+    return None
 
 
-def _run_scenarios(item: pytest.Function, options: SagaOptions) -> None:
-    from ._faults import FAULT_KINDS
+@pytest.hookimpl(wrapper=True, specname="pytest_pyfunc_call")
+def pytest_pyfunc_call_sweep(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Run the fault sweep around whichever plugin runs the test body."""
+    if pyfuncitem.stash.get(_IN_SWEEP, False) or not _sweeps(pyfuncitem):
+        return (yield)
+    verdict = _sweep(pyfuncitem)
+    pyfuncitem.stash[_SWEPT] = True
+
+    def swept(**kwargs: object) -> None:
+        """Stands in for the body the sweep already ran: reports its verdict."""
+        __tracebackhide__ = True
+        if verdict is not None:
+            pytest.fail(verdict, pytrace=False)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pyfuncitem, "obj", swept)
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    yield
+    if _sweeps(item) and not item.stash.get(_SWEPT, False):
+        __tracebackhide__ = True
+        pytest.fail(
+            "pytest-saga: the fault scenarios of this saga test did not run: something ran "
+            "the test body without pytest_pyfunc_call (another plugin?). Run it without that "
+            "plugin, or with -p no:saga.",
+            pytrace=False,
+        )
+
+
+def _body(item: pytest.Function) -> Callable[[], object]:
+    """One run of the test body, by whichever plugin runs it (re-entry guarded)."""
+
+    def run() -> object:
+        __tracebackhide__ = True
+        item.stash[_IN_SWEEP] = True
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                if inspect.iscoroutinefunction(item.obj):
+                    patch.setattr(item, "obj", _crash_safe(item.obj))
+                return item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+        except _Crashed as exc:
+            raise exc.crash from None
+        finally:
+            item.stash[_IN_SWEEP] = False
+
+    return run
+
+
+class _Crashed(Exception):
+    """Carries a simulated crash out of an async test body as an ordinary exception:
+    anyio's test runner dies of a ``BaseException`` and could run no further body."""
+
+    def __init__(self, crash: BaseException) -> None:
+        super().__init__(str(crash))
+        self.crash = crash
+
+
+def _crash_safe(body: Callable[..., Any]) -> Callable[..., Any]:
+    from ._faults import SimulatedCrash
+
+    @functools.wraps(body)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await body(*args, **kwargs)
+        except SimulatedCrash as crash:
+            raise _Crashed(crash) from None
+
+    return run
+def _sweep(item: pytest.Function) -> str | None:
+    """The reference run and every scenario of ``item``; the failure message, if any."""
+    from ._faults import FAULT_KINDS, SagaOrderWarning
     from ._scenario import SagaHarness, SagaInvariantError
 
-    request = item._request
-    faults = request.getfixturevalue("saga_faults")
-    effects = request.getfixturevalue("saga_effects")
-    clock = request.getfixturevalue("saga_clock")
-    store = request.getfixturevalue("saga_store") if "saga_store" in item.fixturenames else None
-    llm = request.getfixturevalue("saga_llm") if "saga_llm" in item.fixturenames else None
-    resettables = [
-        request.getfixturevalue(name)
-        for name in ("saga_s3", "saga_http", "saga_store")
-        if name in item.fixturenames
-    ]
-    funcargs = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}
+    try:
+        options = options_for(item)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    fixtures: dict[str, Any] = item.funcargs
     harness = SagaHarness(
-        lambda: item.obj(**funcargs),
-        faults=faults, effects=effects, store=store, llm=llm, clock=clock,
-        resettables=resettables, nodeid=item.nodeid, seed=options.seed or 0,
+        _body(item),
+        faults=fixtures["saga_faults"], effects=fixtures["saga_effects"],
+        store=fixtures.get("saga_store"), llm=fixtures.get("saga_llm"), clock=fixtures["saga_clock"],
+        resettables=[fixtures[n] for n in ("saga_s3", "saga_http", "saga_store") if n in fixtures],
+        nodeid=item.nodeid, seed=options.seed or 0,
     )
-    results: list[ScenarioResult] = [harness.reference()]
+    try:
+        results: list[ScenarioResult] = [harness.reference()]
+    except SagaInvariantError as exc:
+        return str(exc)
     for problem in harness.check_order():
         if problem.startswith("warning: "):
-            import warnings
-
-            from ._faults import SagaOrderWarning
-
             warnings.warn(SagaOrderWarning("pytest-saga: " + problem[len("warning: "):]), stacklevel=1)
         else:
             results[0].problems.append(problem)
     kinds = FAULT_KINDS if options.matrix else (options.fault,)
     step = None if options.matrix and options.fail_at is None else options.fail_at
-    scenarios = harness.scenarios(step=step, kinds=kinds, times=options.fault_times)
-    for scenario in scenarios:
-        results.append(harness.run(scenario))
+    try:
+        scenarios = harness.scenarios(step=step, kinds=kinds, times=options.fault_times)
+    except SagaInvariantError as exc:
+        return str(exc)
+    results += [harness.run(scenario) for scenario in scenarios]
+    # The reference run counts as a scenario when it broke something (the saga's order).
+    faulted = results[1:] if not results[0].problems else results
+    _record(item, results, faulted)
+    failing = [r for r in faulted if not r.ok]
+    if not failing:
+        return None
+    lines = []
+    for r in failing:
+        lines.append(f"scenario {r.scenario} ({r.outcome}):")
+        lines += [f"  {line}" for line in (*r.orphans, *r.duplicates, *r.problems)]
+        lines.append(f"  reproduce: {r.repro}")
+    return (
+        f"pytest-saga: {len(failing)} of {len(faulted)} scenario(s) broke a saga invariant\n"
+        + "\n".join(lines)
+    )
+
+
+def _record(item: pytest.Item, results: list[ScenarioResult], faulted: list[ScenarioResult]) -> None:
     rows = [r.as_dict() for r in results]
     item.user_properties.append((_report.PROPERTY, json.dumps(rows)))
-    faulted = results[1:]
-    if results[0].problems:
-        faulted = [results[0], *faulted]
     item.user_properties.append(("saga_tokens", sum(r.tokens for r in results)))
     item.user_properties.append(("saga_duplicate_tokens", sum(r.duplicate_tokens for r in faulted)))
     item.user_properties.append(("saga_restart_tokens", sum(r.restart_tokens for r in faulted)))
     item.user_properties.append(("saga_resume_tokens", sum(r.resume_tokens for r in faulted)))
-    failing = [r for r in faulted if not r.ok]
-    if failing:
-        lines = []
-        for r in failing:
-            lines.append(f"scenario {r.scenario} ({r.outcome}):")
-            lines += [f"  {line}" for line in (*r.orphans, *r.duplicates, *r.problems)]
-            lines.append(f"  reproduce: {r.repro}")
-        raise SagaInvariantError(
-            f"pytest-saga: {len(failing)} of {len(faulted)} scenario(s) broke a saga invariant\n"
-            + "\n".join(lines)
-        )
 
 
 # --------------------------------------------------------------------------- report
