@@ -24,6 +24,8 @@ __all__ = ["RunTracker", "SagaHarness", "SagaInvariantError", "Scenario", "Scena
 
 
 _ROLLBACK_FAILED = "rollback failed"
+# Fault kinds whose "once, then success" path is not the permanent path's (see scenarios()).
+_TRANSIENT_PATHS = frozenset({"lost-ack", "comp-fail"})
 
 
 def _settle(value: Any) -> Any:
@@ -150,7 +152,7 @@ class RunTracker:
         episodes: list[list[int]] = []
         current: list[int] = []
         for event in self.events:
-            if event.kind == "run_start":
+            if event.kind in ("run_start", "rollback_start"):
                 if current:
                     episodes.append(current)
                 current = []
@@ -270,16 +272,32 @@ class SagaHarness:
 
     # ------------------------------------------------------------------ scenarios
 
-    def scenarios(self, *, step: int | str | None, kinds: Iterable[str], times: int | None) -> list[Scenario]:
-        """The scenarios of ``kinds`` at ``step`` (every step if None) that apply."""
+    def scenarios(
+        self,
+        *,
+        step: int | str | None,
+        kinds: Iterable[str],
+        times: int | None,
+        transients: bool = False,
+    ) -> list[Scenario]:
+        """The scenarios of ``kinds`` at ``step`` (every step if None) that apply.
+
+        ``transients``: also each kind whose "fails once, then succeeds" path differs from
+        the permanent one (``lost-ack x1``: the retry after a landed effect must not make it
+        twice; ``comp-fail x1``: the compensation's own retry), at steps with effects.
+        """
         positions = [self.resolve(step)] if step is not None else list(self.profiles)
         out = []
         for seq in positions:
             profile = self.profiles[seq]
+            where = step if isinstance(step, str) else seq
             for kind in self.faults.applicable(profile, tuple(kinds)):
                 if kind == "comp-fail" and self._next_step(seq) is None:
                     continue  # nothing after it can fail to trigger its compensation
-                out.append(Scenario(step if isinstance(step, str) else seq, kind, times))
+                out.append(Scenario(where, kind, times))
+                has_effects = profile.kind != "pure" or profile.writes > 0
+                if transients and times is None and kind in _TRANSIENT_PATHS and has_effects:
+                    out.append(Scenario(where, kind, 1))
         return out
 
     def resolve(self, step: int | str) -> int:
@@ -342,6 +360,9 @@ class SagaHarness:
         self.faults.double_compensations = False
         self.faults.clear()
         self._check_idempotent_compensations(result)
+        self._check_cut_streams(result, seq, status)
+        if scenario.kind == "lost-ack":
+            self._check_keyless_creates(result, seq)
         self._check_swallowed(result, scenario, seq, status)
         faulted_tokens = self._spend().tokens
 
@@ -454,6 +475,46 @@ class SagaHarness:
                 "workflow swallowed the error, so nothing was compensated and its effect is "
                 "missing"
             )
+
+    def _check_cut_streams(self, result: ScenarioResult, seq: int, status: str) -> None:
+        """A step that completed on an attempt whose stream was cut accepted a truncated
+        answer as success (``stop_reason`` None): like a swallowed error."""
+        if status != "recovered":
+            return
+        cut = {a for kind, s, _, a, _ in self.faults.delivered if kind == "stream-cut" and s == seq}
+        done = [
+            e.attempt or 1
+            for e in self.tracker.events
+            if e.kind == "step_end" and e.status == "done" and e.seq == seq
+        ]
+        for attempt in done:
+            if attempt in cut:
+                result.problems.append(
+                    f"step {seq} {self.profiles[seq].name!r} succeeded on a cut-off stream "
+                    f"(attempt {attempt}: stop_reason None, no message_stop): its output is "
+                    "truncated; check message.stop_reason and raise, so the engine retries"
+                )
+
+    def _check_keyless_creates(self, result: ScenarioResult, seq: int) -> None:
+        """A create the faulted step sent to a fake collection without an idempotency key:
+        after a lost acknowledgement its retry creates a second resource."""
+        for watcher in self.effects.watchers:
+            collections = getattr(watcher, "collections", None)
+            creates = getattr(watcher, "non_idempotent_creates", None)
+            if not collections or creates is None:
+                continue
+            attempts: dict[str, list[int]] = {}
+            for request in creates():
+                url = request.url.split("?", 1)[0].rstrip("/")
+                if request.seq == seq and not request.compensating and url in collections:
+                    attempts.setdefault(url, []).append(request.attempt or 1)
+            for url, numbers in attempts.items():
+                result.problems.append(
+                    f"step {seq} {self.profiles[seq].name!r} created {url} without an "
+                    f"Idempotency-Key (attempts {', '.join(map(str, numbers))}): a retry after a "
+                    "lost acknowledgement creates it again; send the step's key "
+                    "(current_step().idempotency_key)"
+                )
 
     def check_order(self) -> list[str]:
         """Saga order is compensable → pivot → retriable: report steps that break it."""

@@ -342,7 +342,9 @@ def _sweep(item: pytest.Function) -> str | None:
     kinds = FAULT_KINDS if options.matrix else (options.fault,)
     step = None if options.matrix and options.fail_at is None else options.fail_at
     try:
-        scenarios = harness.scenarios(step=step, kinds=kinds, times=options.fault_times)
+        scenarios = harness.scenarios(
+            step=step, kinds=kinds, times=options.fault_times, transients=options.matrix
+        )
     except SagaInvariantError as exc:
         return str(exc)
     results += [harness.run(scenario) for scenario in scenarios]
