@@ -9,13 +9,17 @@ once, for both.
 from __future__ import annotations
 
 import contextvars
+import functools
+import importlib
 import logging
 import random
+import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import tenacity
 from tenacity import RetryCallState
@@ -33,7 +37,7 @@ from ._hooks import (
 )
 from ._ledger import LLMCall
 from ._retry import RetryPolicy
-from ._serde import error_text, input_hash, redact, refresh_secrets
+from ._serde import check_step_name, error_text, input_hash, redact, refresh_secrets
 from ._store import LLMRecord, RunRecord, RunStatus, StepRecord
 from .errors import (
     BudgetExceededError,
@@ -42,10 +46,12 @@ from .errors import (
     SagaError,
 )
 
+Outstanding = list[tuple[int, str]]
+
 if TYPE_CHECKING:
     from ._saga import Saga
 
-__all__ = ["Execution", "RunEngine", "StopReplay", "fold_rows"]
+__all__ = ["Execution", "RunEngine", "StopReplay", "fold_rows", "idempotency_key"]
 
 Mode = Literal["run", "rollback"]
 log = logging.getLogger("saga_core")  # messages carry redacted error texts only
@@ -63,7 +69,8 @@ class _History:
     """What the store says of one step position, derived from its attempt rows."""
 
     __slots__ = (
-        "attempts", "comp_attempts", "comp_failed", "done", "kind", "last_done", "live", "name",
+        "attempts", "comp_attempts", "comp_failed", "compensation", "done", "incarnation",
+        "inputs", "kind", "last_done", "live", "name",
     )
 
     def __init__(self, name: str, kind: str) -> None:
@@ -75,6 +82,14 @@ class _History:
         self.last_done: StepRecord | None = None  # the latest output, even if compensated since
         self.live = False  # an attempt started after the last completed compensation
         self.comp_failed = False  # the last compensation attempt failed
+        self.incarnation = 1  # of the latest execution (or of the one last compensated)
+        self.inputs: str | None = None  # the latest attempt's stored (redacted) inputs
+        self.compensation: str | None = None  # importable compensation, if any
+
+    def next_incarnation(self) -> int:
+        """The incarnation a new execution of this position belongs to: the same one while
+        its effect is live (retries, crashes, resumes), a new one once it was compensated."""
+        return self.incarnation if self.live else self.incarnation + 1
 
 
 @dataclass(slots=True)
@@ -99,19 +114,72 @@ class Execution:
     local_attempts: int = 0
     retry_state: RetryCallState | None = None
     undo: _Undo | None = None
+    incarnation: int = 1
+    compensation: str | None = None
+    key: str = ""
 
 
 @dataclass(slots=True)
 class _Undo:
-    """A compensation registered when its step started; unwound in reverse."""
+    """A compensation registered when its step started; unwound in reverse.
+
+    It keeps the checkpoint texts, not live objects: a compensation receives decoded
+    copies, in-process exactly as from the store.
+    """
 
     seq: int
     name: str
     fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    inputs: str
     policy: RetryPolicy
-    output: Any = None
+    output: str | None = None
+
+
+def _escape(part: str) -> str:
+    # Percent-encoding every character but letters, digits and ``_.-~`` makes the parts
+    # free of ``:``, so the joined key is unambiguous and safe in a header or an S3 key.
+    return quote(part, safe="", errors="surrogatepass")
+
+
+@functools.lru_cache(maxsize=4096)
+def _escaped(part: str) -> str:
+    return _escape(part)
+
+
+def idempotency_key(saga: str, key: str, seq: int, name: str, incarnation: int = 1) -> str:
+    """``saga:key:seq:name`` (key and name percent-encoded), ``:incarnation`` from the second.
+
+    Saga names hold no ``:``, so the fields split back unambiguously.
+    """
+    text = f"{saga}:{_escaped(key)}:{seq}:{_escaped(name)}"
+    return text if incarnation == 1 else f"{text}:{incarnation}"
+
+
+@functools.lru_cache(maxsize=1024)
+def importable_name(fn: Callable[..., Any]) -> str | None:
+    """``module:qualname`` when importing that gives back ``fn`` itself, else ``None``.
+
+    Only such compensations can run from the store, without replaying the workflow.
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return f"{module}:{qualname}" if target is fn else None
+
+
+def resolve_importable(name: str) -> Callable[..., Any]:
+    """Import what :func:`importable_name` named."""
+    module, _, qualname = name.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{name} is not callable")
+    return target  # type: ignore[no-any-return]
 
 
 def fold_row(history: dict[int, _History], row: StepRecord) -> bool:
@@ -119,11 +187,16 @@ def fold_row(history: dict[int, _History], row: StepRecord) -> bool:
     hist = history.get(row.seq)
     if hist is None:
         hist = history[row.seq] = _History(row.name, row.kind)
+    if row.incarnation > hist.incarnation:
+        hist.incarnation = row.incarnation
     if row.phase == "step":
         if row.attempt > hist.attempts:
             hist.attempts = row.attempt
         hist.live = True
         hist.comp_failed = False
+        if row.inputs is not None:
+            hist.inputs = row.inputs
+            hist.compensation = row.compensation
         if row.status == "done":
             hist.done = hist.last_done = row
             return row.kind == "pivot"
@@ -255,13 +328,18 @@ class RunEngine:
         if fold_row(self.history, row):
             self.pivot_done = True
 
-    def outstanding(self) -> list[tuple[int, str]]:
-        """Compensable steps whose effect is live and whose compensation last failed."""
+    def live_effects(self) -> Outstanding:
+        """Compensable steps whose effect is live: not compensated since they last started."""
         return [
             (seq, h.name)
             for seq, h in sorted(self.history.items())
-            if h.live and h.comp_failed
+            if h.live and h.kind == "compensable"
         ]
+
+    def outstanding(self) -> Outstanding:
+        """What a decided rollback has still to undo (nothing once past a pivot: the run can
+        only go forward)."""
+        return [] if self.pivot_done else self.live_effects()
 
     # ------------------------------------------------------------------ events
 
@@ -273,13 +351,14 @@ class RunEngine:
             fields.setdefault("name", ex.name)
             fields.setdefault("step_kind", ex.kind)
             fields.setdefault("attempt", ex.ctx.attempt if ex.ctx else ex.attempt)
-            fields.setdefault("idempotency_key", self.idempotency_key(ex.seq, ex.name))
+            fields.setdefault("idempotency_key", ex.key)
+            fields.setdefault("incarnation", ex.incarnation)
         event = Event(kind, self.saga.name, self.key, **fields)
         for observer in self.observers:
             observer(event)
 
-    def idempotency_key(self, seq: int, name: str) -> str:
-        return f"{self.saga.name}:{self.key}:{seq}:{name}"
+    def idempotency_key(self, seq: int, name: str, incarnation: int = 1) -> str:
+        return idempotency_key(self.saga.name, self.key, seq, name, incarnation)
 
     # ------------------------------------------------------------------ run context
 
@@ -327,11 +406,19 @@ class RunEngine:
                 f"saga_core: step {name!r} is declared both pivot and compensable; a pivot is "
                 "the point of no return and has no compensation. Drop one of the two."
             )
+        check_step_name(name)
+        inside = _STEP.get()
+        if inside is not None and inside.key == self.key:
+            raise SagaError(
+                f"saga_core: run.step({name!r}) was called inside step {inside.seq} "
+                f"{inside.name!r}; steps do not nest. Call it from the workflow function, or "
+                "make it plain code of the outer step."
+            )
         self.seq += 1
         seq = self.seq
         kind: StepKind = "pivot" if pivot else "compensable" if compensate else "pure"
         hist = self.history.get(seq)
-        if hist is not None and hist.name != name:
+        if hist is not None and hist.name != name and hist.attempts:
             raise NonDeterminismError(
                 f"saga_core: run {self.key!r} recorded step {seq} as {hist.name!r}, but the "
                 f"workflow now calls {name!r} there. The workflow's step order changed since "
@@ -342,40 +429,42 @@ class RunEngine:
         digest = input_hash(inputs)
         undo: _Undo | None = None
         if compensate is not None:
-            undo = _Undo(
-                seq, name, compensate, args, kwargs,
-                compensate_retry or self.saga.compensate_retry,
-            )
+            undo = _Undo(seq, name, compensate, inputs, compensate_retry or self.saga.compensate_retry)
         # A rollback replays past compensated steps too, to reach later live effects.
         reuse = None if hist is None else hist.last_done if self.mode == "rollback" else hist.done
+        incarnation = 1 if hist is None else hist.next_incarnation()
         if reuse is not None:
             if self.mode == "rollback" or reuse.input_hash == digest:
                 output = self.serializer.load(reuse.output)
                 if undo is not None and hist is not None and hist.live:
-                    undo.output = output
+                    undo.output = None if hist.done is None else hist.done.output
                     self.undo.append(undo)
                 self.emit("step_cached", None, seq=seq, name=name, step_kind=kind,
-                          attempt=reuse.attempt,
-                          idempotency_key=self.idempotency_key(seq, name))
+                          attempt=reuse.attempt, incarnation=reuse.incarnation,
+                          idempotency_key=self.idempotency_key(seq, name, reuse.incarnation))
                 return output, None
             log.warning(
                 "saga_core: run %r step %d %r: its inputs changed since it completed; "
                 "executing it again", self.key, seq, name,
             )
             self.emit("step_input_changed", None, seq=seq, name=name, step_kind=kind,
-                      idempotency_key=self.idempotency_key(seq, name))
+                      incarnation=incarnation,
+                      idempotency_key=self.idempotency_key(seq, name, incarnation))
         if self.mode == "rollback":
             if undo is not None and hist is not None and hist.live:
                 self.undo.append(undo)
             raise StopReplay
-        if undo is not None:
+        if undo is None:
+            stored, compensation = None, None
+        else:
             self.undo.append(undo)
-        # Positional: this is the hot path. Inputs are kept (redacted) only where a
-        # compensation may need them after a restart.
+            # Kept (redacted) only where a compensation may need them after a restart.
+            stored, compensation = redact(inputs), importable_name(compensate)
+        # Positional: this is the hot path.
         return None, Execution(
             seq, name, kind, "step", fn, args, kwargs, retry or self.saga.retry, digest,
-            redact(inputs) if undo is not None else None, (hist.attempts if hist else 0) + 1,
-            None, 0, 0.0, None, 0, None, undo,
+            stored, (hist.attempts if hist else 0) + 1, None, 0, 0.0, None, 0, None, undo,
+            incarnation, compensation, self.idempotency_key(seq, name, incarnation),
         )
 
     # ------------------------------------------------------------------ attempts
@@ -389,16 +478,22 @@ class RunEngine:
                 "the budget or fix what is failing, then run the same key again."
             )
         ex.ctx = StepContext(
-            self.saga.name, self.key, ex.seq, ex.name, ex.kind, ex.attempt,
-            self.idempotency_key(ex.seq, ex.name), ex.phase == "comp",
+            self.saga.name, self.key, ex.seq, ex.name, ex.kind, ex.attempt, ex.key,
+            ex.phase == "comp", ex.incarnation,
         )
         ex.started = now = self.clock.time()
+        if now - self._last_renewal >= self.lease_seconds:
+            # Silent for a whole lease (a stall): another owner may hold the run now. Renew,
+            # which is fenced by the generation, before any effect; a stale owner stops here.
+            self.store.renew(self.run_id, self.generation, now + self.lease_seconds)
+            self._last_renewal = now
         if ex.first_started is None:
-            ex.first_started = now
+            ex.first_started = self.clock.monotonic()  # retry deadlines never see wall jumps
         ex.ord = self.next_ord
         self.next_ord += 1
-        if ex.kind == "compensable" and ex.phase == "step":
-            # Registered durably before the effect, so a crash mid-step is still compensated.
+        if ex.kind == "compensable":
+            # Durable before the effect: a crash mid-step is still compensated, and a
+            # compensation's start is fenced by the lease (a stale owner stops here).
             self._write(ex, "running", None, None, now, None)
         return _STEP.set(ex.ctx)
 
@@ -422,7 +517,7 @@ class RunEngine:
         self._write(ex, "done", text, None, ex.started, self.clock.time())
         output = self.serializer.round_trip(value, text)
         if ex.undo is not None:
-            ex.undo.output = output
+            ex.undo.output = text
         if self.observers:
             self.emit("compensation_end" if ex.phase == "comp" else "step_end", ex, status="done")
         return output
@@ -442,16 +537,18 @@ class RunEngine:
                 seed = self.saga.seed
                 self._rng = random.Random(f"{seed}:{self.key}" if seed is not None else None)
             retrying = self._retrying[id(ex.policy)] = ex.policy.retrying(
-                self._rng, self.clock.time, self.budget_left
+                self._rng, self.clock, self.budget_left
             )
         rs = ex.retry_state
         if rs is None:
             retrying.begin()  # tenacity's statistics, which iter() updates
             rs = ex.retry_state = RetryCallState(retrying, None, (), {})
-            rs.start_time = ex.first_started if ex.first_started is not None else self.clock.time()
+            rs.start_time = (
+                ex.first_started if ex.first_started is not None else self.clock.monotonic()
+            )
         rs.attempt_number = ex.local_attempts
         rs.set_exception((type(exc), exc, exc.__traceback__))
-        rs.outcome_timestamp = self.clock.time()  # deadlines run on the engine's clock
+        rs.outcome_timestamp = self.clock.monotonic()  # deadlines run on the engine's clock
         try:
             action = retrying.iter(rs)
         except BaseException:
@@ -493,7 +590,8 @@ class RunEngine:
         assert ex.ctx is not None
         row = StepRecord(
             ex.ord, ex.seq, ex.name, ex.kind, ex.phase, ex.ctx.attempt, status, ex.input_hash,
-            ex.inputs, output, error, started, ended, self.generation,
+            ex.inputs, output, error, started, ended, self.generation, ex.incarnation,
+            ex.compensation,
         )
         now = ended or started
         # The heartbeat renews the lease of long steps; writes renew it only when a third
@@ -532,45 +630,119 @@ class RunEngine:
 
     # ------------------------------------------------------------------ compensation
 
-    def compensations(self) -> Iterator[Execution]:
-        """The undo log, newest first: one execution per live compensable step."""
-        seen: set[int] = set()
-        for undo in reversed(self.undo):
-            hist = self.history.get(undo.seq)
-            if undo.seq in seen or hist is None or not hist.live:
-                continue
-            seen.add(undo.seq)
-            yield Execution(
-                seq=undo.seq,
-                name=undo.name,
-                kind="compensable",
-                phase="comp",
-                fn=undo.fn,
-                args=(undo.output, *undo.args),
-                kwargs=undo.kwargs,
-                policy=undo.policy,
-                input_hash=None,
-                inputs=None,
-                attempt=hist.comp_attempts + 1,
-            )
+    def decide_rollback(self, exc: BaseException) -> None:
+        """Record durably, before the first compensation, that this run is rolling back."""
+        self.record = self.record._replace(status="compensating")
+        self.store.set_status(
+            self.run_id, self.generation, "compensating", error_text(exc), self.clock.time()
+        )
+        self.emit("rollback_start", status="compensating", error=exc)
 
-    def finish_failure(self, exc: BaseException, failed: list[tuple[int, str]]) -> RunStatus:
-        """Store the terminal status after compensation; ``failed`` lists what is outstanding."""
-        status: RunStatus = "needs_attention" if failed or self.pivot_done else "rolled_back"
+    def compensations(self, from_seq: int = 1) -> tuple[list[Execution], Outstanding]:
+        """The undo plan, newest first: one execution per live compensable step, and the
+        live steps nothing can compensate now.
+
+        A live step the replay did not reach (the workflow failed before it, a checkpoint
+        could not be read) is compensated from the store when its compensation is
+        importable; otherwise it stays outstanding.
+        """
+        registered = {undo.seq: undo for undo in self.undo}
+        plan: list[Execution] = []
+        unreachable: Outstanding = []
+        for seq, name in reversed(self.live_effects()):
+            if seq < from_seq:
+                break
+            hist = self.history[seq]
+            undo = registered.get(seq)
+            try:
+                if undo is not None:
+                    plan.append(self._compensation(hist, seq, undo.fn, undo.inputs, undo.output,
+                                                   undo.policy))
+                elif hist.compensation is not None and hist.inputs is not None:
+                    fn = resolve_importable(hist.compensation)
+                    output = None if hist.done is None else hist.done.output
+                    plan.append(self._compensation(hist, seq, fn, hist.inputs, output,
+                                                   self.saga.compensate_retry))
+                else:
+                    unreachable.append((seq, name))
+            except Exception as exc:
+                log.warning(
+                    "saga_core: run %r: the compensation of step %d %r cannot run (%s)",
+                    self.key, seq, name, error_text(exc),
+                )
+                unreachable.append((seq, name))
+        return plan, unreachable
+
+    def _compensation(
+        self, hist: _History, seq: int, fn: Callable[..., Any], inputs: str,
+        output: str | None, policy: RetryPolicy,
+    ) -> Execution:
+        # Decoded copies of the checkpoint: never objects the workflow may have changed.
+        args, kwargs = self.serializer.load(inputs)
+        return Execution(
+            seq=seq, name=hist.name, kind="compensable", phase="comp", fn=fn,
+            args=(self.serializer.load(output), *args), kwargs=kwargs, policy=policy,
+            input_hash=None, inputs=None, attempt=hist.comp_attempts + 1,
+            incarnation=hist.incarnation,
+            key=self.idempotency_key(seq, hist.name, hist.incarnation),
+        )
+
+    def truthful(self, status: RunStatus) -> tuple[RunStatus, Outstanding]:
+        """The status invariants, checked at every final status write: ``rolled_back``
+        means no compensable effect is live; ``succeeded`` that no step this run used was
+        compensated after it completed. A status that would lie becomes ``needs_attention``
+        with the offending steps."""
+        if status == "rolled_back":
+            offenders = self.live_effects()
+        elif status == "succeeded":
+            offenders = [
+                (seq, h.name)
+                for seq, h in sorted(self.history.items())
+                if seq <= self.seq and h.kind == "compensable" and not h.live
+            ]
+        else:
+            return status, []
+        return ("needs_attention", offenders) if offenders else (status, [])
+
+    def finish_failure(self, exc: BaseException) -> RunStatus:
+        """Store the terminal status after compensation, from what the history says."""
+        status, outstanding = self.truthful(
+            "needs_attention" if self.pivot_done else "rolled_back"
+        )
         text = error_text(exc)
-        if failed:
+        if outstanding:
             text += " | outstanding compensations: " + ", ".join(
-                f"step {seq} {name!r}" for seq, name in failed
+                f"step {seq} {name!r}" for seq, name in outstanding
             )
         self.store.finish(self.run_id, self.generation, status, None, text, self.clock.time())
         log.warning("saga_core: run %r of saga %r is %s: %s", self.key, self.saga.name, status, text)
         self.emit("run_end", status=status, error=exc)
         return status
 
+    def resume_forward(self) -> None:
+        """An interrupted rollback is finished: go forward again, from the top."""
+        self.store.set_status(self.run_id, self.generation, "running", None, self.clock.time())
+        self.record = self.record._replace(status="rolled_back")
+        self.mode = "run"
+        self.seq = 0
+        self.undo = []
+        self.failed_step = None
+
     def finish_success(self, result: Any) -> Any:
-        text = self.serializer.dump(result)
-        self.store.finish(self.run_id, self.generation, "succeeded", text, None, self.clock.time())
-        self.emit("run_end", status="succeeded")
+        text = self.serializer.dump(result, place=f"the result of run {self.key!r}")
+        status, undone = self.truthful("succeeded")
+        if undone:  # never expected: a guard that the status cannot lie
+            names = ", ".join(f"step {seq} {name!r}" for seq, name in undone)
+            error = (
+                f"saga_core: run {self.key!r} returned, but the effects of {names} were "
+                "compensated after they completed; it is needs_attention, not succeeded. Run "
+                "the same key again to redo them."
+            )
+            self.store.finish(self.run_id, self.generation, status, None, error, self.clock.time())
+            self.emit("run_end", status=status)
+            raise NeedsAttentionError(error)
+        self.store.finish(self.run_id, self.generation, status, text, None, self.clock.time())
+        self.emit("run_end", status=status)
         return self.serializer.load(text)
 
     def release_unchanged(self) -> None:

@@ -36,6 +36,7 @@ EventKind = Literal[
     "step_cached",
     "step_input_changed",
     "retry",
+    "rollback_start",
     "compensation_start",
     "compensation_returned",
     "compensation_end",
@@ -57,6 +58,7 @@ class Event:
     step_kind: StepKind | None = None
     attempt: int | None = None
     idempotency_key: str | None = None
+    incarnation: int | None = None
     status: str | None = None
     error: BaseException | None = None
     wait: float | None = None
@@ -98,7 +100,12 @@ class RunContext(NamedTuple):
 
 
 class StepContext(NamedTuple):
-    """The step (or its compensation) being executed, readable from inside it."""
+    """The step (or its compensation) being executed, readable from inside it.
+
+    ``idempotency_key`` belongs to one incarnation of the step: it survives retries,
+    crashes and resumes, and changes once a compensation undid the step (``incarnation``
+    counts them). A compensation sees the key of the incarnation it undoes.
+    """
 
     saga: str
     key: str
@@ -108,6 +115,7 @@ class StepContext(NamedTuple):
     attempt: int
     idempotency_key: str
     compensating: bool = False
+    incarnation: int = 1
 
 
 # The engine puts a sink for LLM calls on the run context so the meter can record
@@ -123,7 +131,8 @@ _STEP: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
 
 
 def current_step() -> StepContext:
-    """The step being executed; its ``idempotency_key`` is stable across retries and resumes."""
+    """The step being executed; its ``idempotency_key`` is stable across retries and resumes
+    of one incarnation."""
     step = _STEP.get()
     if step is None:
         raise SagaError(

@@ -50,27 +50,30 @@ class Ledger:
         return dict(per)
 
     def duplicates(self, key: str | None = None) -> list[LLMRecord]:
-        """Attempts that billed a step again after it had completed with the same inputs.
+        """Duplicate spend, and nothing else: an attempt that billed a step again while an
+        earlier output of the same incarnation with the same inputs was still valid, and
+        calls made between steps that a replay repeated (they are never cached).
 
-        Calls the workflow makes between steps are never cached: each replay that repeats
-        one already answered counts here too.
+        Re-running a compensated step (a new incarnation) is the price of resuming: it is
+        in :meth:`failed_run_tax`, not here.
         """
         found: list[LLMRecord] = []
         for run in self._runs(key):
-            rows = self.store.load_steps(run.id)
-            hash_of = {(r.seq, r.attempt): r.input_hash for r in rows if r.phase == "step"}
-            done: dict[int, list[tuple[int, str | None]]] = defaultdict(list)
+            rows = [r for r in self.store.load_steps(run.id) if r.phase == "step"]
+            attempt_of = {(r.seq, r.attempt): (r.input_hash, r.incarnation) for r in rows}
+            done: dict[int, list[tuple[int, str | None, int]]] = defaultdict(list)
             for r in rows:
-                if r.phase == "step" and r.status == "done":
-                    done[r.seq].append((r.attempt, r.input_hash))
+                if r.status == "done":
+                    done[r.seq].append((r.attempt, r.input_hash, r.incarnation))
             answered: set[tuple[int | None, int]] = set()
             position: dict[tuple[int, int | None], int] = defaultdict(int)
             for record in self.store.llm_records(run.id):
                 if record.phase == "step" and record.seq is not None:
-                    digest = hash_of.get((record.seq, record.attempt or 0))
+                    attempt = record.attempt or 0
+                    same = attempt_of.get((record.seq, attempt))
                     if any(
-                        attempt < (record.attempt or 0) and h == digest
-                        for attempt, h in done[record.seq]
+                        earlier < attempt and (digest, incarnation) == same
+                        for earlier, digest, incarnation in done[record.seq]
                     ):
                         found.append(record)
                 elif record.phase is None:
@@ -87,8 +90,9 @@ class Ledger:
         return _total(self.duplicates(key))
 
     def failed_run_tax(self, key: str | None = None) -> Spend:
-        """Spend in attempts whose result was not kept: failed attempts, compensated work,
-        compensations themselves, and workflow calls of earlier replays."""
+        """Spend in attempts whose result was not kept: failed attempts, compensated work
+        (what re-running it on resume costs again), compensations themselves, and
+        workflow calls of earlier replays."""
         wasted: list[LLMRecord] = []
         for run in self._runs(key):
             history = fold_rows(self.store.load_steps(run.id))

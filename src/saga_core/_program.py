@@ -8,7 +8,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._engine import Execution, RunEngine, StopReplay
-from ._serde import error_text
+from ._serde import check_text, error_text
 from ._store import RunStatus
 from .errors import LeaseLostError, NonDeterminismError, RunFailed, RunInProgressError, SagaError
 
@@ -66,24 +66,27 @@ def attempts(engine: RunEngine, ex: Execution, error: Exception | None = None) -
         yield wait
 
 
-def _unwind(engine: RunEngine) -> Generator[Call | float, Any, list[tuple[int, str]]]:
-    """Run the undo log newest first; a compensation that keeps failing does not stop the
-    others. Returns the ones still outstanding."""
-    failed: list[tuple[int, str]] = []
-    for ex in engine.compensations():
+def _unwind(
+    engine: RunEngine, exc: BaseException, from_seq: int = 1
+) -> Generator[Call | float, Any, None]:
+    """Record the rollback decision, then run the undo plan newest first; a compensation
+    that keeps failing does not stop the others (the history says what is outstanding)."""
+    engine.decide_rollback(exc)
+    plan, _unreachable = engine.compensations(from_seq)
+    for ex in plan:
         try:
             yield from attempts(engine, ex)
         except LeaseLostError:
             raise
-        except Exception:
-            failed.append((ex.seq, ex.name))
-    return failed
+        except Exception:  # noqa: S112 - recorded as failed; the status will say outstanding
+            continue
 
 
 def _compensate(engine: RunEngine, exc: BaseException) -> Generator[Call | float, Any, RunStatus]:
     """Terminal failure: compensate (unless past the pivot) and store the final status."""
-    failed = [] if engine.pivot_done else (yield from _unwind(engine))
-    return engine.finish_failure(exc, failed)
+    if not engine.pivot_done:
+        yield from _unwind(engine, exc)
+    return engine.finish_failure(exc)
 
 
 def _replay_for_rollback(
@@ -131,7 +134,11 @@ def run_program(
     workflow: object = None,
 ) -> Program:
     """The whole life of one call to ``run``, ``rollback`` or ``fork``."""
-    inputs = saga.serializer.dump([list(args), kwargs]) if (args or kwargs) else None
+    check_text("the run key", key)
+    inputs = (
+        saga.serializer.dump([list(args), kwargs], place=f"the inputs of run {key!r}")
+        if (args or kwargs) else None
+    )
     record, rows = yield from _acquire(saga, key, inputs, reopen=mode != "run", wait=wait)
     if record.status == "succeeded" and mode == "run":
         return saga.serializer.load(record.result)
@@ -154,6 +161,9 @@ def run_program(
         if mode == "rollback":
             yield from _replay_for_rollback(engine, workflow)
             return (yield from _compensate(engine, SagaError("rollback requested")))
+        if record.status == "compensating":
+            # Its owner died or stalled mid-rollback: finish backwards before going forward.
+            yield from _finish_interrupted_rollback(engine, workflow)
         if mode == "fork":
             yield from _fork(engine, workflow, from_step)
             handle = make_handle(engine)
@@ -169,23 +179,45 @@ def run_program(
             status = yield from _compensate(engine, exc)
             step = engine.failed_step
             where = f"step {step[0]} {step[1]!r}" if step else "the workflow"
-            what = {
-                "rolled_back": "its effects were compensated",
-                "needs_attention": (
-                    f"some compensations are outstanding: finish them with rollback({key!r})"
-                    if engine.outstanding()
-                    else f"it passed its pivot step: retry forward with run(key={key!r})"
-                ),
-            }[status]
+            outstanding = engine.outstanding()
+            if status == "rolled_back":
+                what = "its effects were compensated. Run the same key again to resume"
+            elif outstanding:
+                what = (
+                    "these effects are still live: "
+                    + ", ".join(f"step {s} {n!r}" for s, n in outstanding)
+                    + f". Fix what stops their compensation, then call rollback({key!r})"
+                )
+            else:
+                what = f"it passed its pivot step: retry forward with run(key={key!r})"
             raise RunFailed(
                 f"saga_core: run {key!r} of saga {saga.name!r} failed in {where} "
-                f"({error_text(exc)}); it is {status}: {what}. Run the same key again to "
-                "resume without repeating completed steps.",
+                f"({error_text(exc)}); it is {status}: {what}. Completed steps are not "
+                "repeated.",
                 key=key, status=status, step=step[1] if step else None,
             ) from exc
         return engine.finish_success(result)
     finally:
         engine.leave(token)
+
+
+def _finish_interrupted_rollback(
+    engine: RunEngine, workflow: Call
+) -> Generator[Call | float, Any, None]:
+    cause = engine.record.error or "an interrupted rollback"
+    yield from _replay_for_rollback(engine, workflow)
+    yield from _unwind(engine, SagaError(cause))
+    if engine.outstanding():
+        status = engine.finish_failure(SagaError(cause))
+        names = ", ".join(f"step {s} {n!r}" for s, n in engine.outstanding())
+        raise RunFailed(
+            f"saga_core: run {engine.key!r} of saga {engine.saga.name!r} was rolling back "
+            f"({cause}) when its owner stopped; finishing that rollback left {names} "
+            f"outstanding, so it is {status}. Fix what fails, then call rollback("
+            f"{engine.key!r}); run the same key again afterwards.",
+            key=engine.key, status=status, step=engine.outstanding()[0][1],
+        )
+    engine.resume_forward()
 
 
 def _fork(
@@ -196,9 +228,10 @@ def _fork(
     engine.check_can_roll_back(from_seq=seq)
     yield from _replay_for_rollback(engine, workflow)
     engine.undo = [u for u in engine.undo if u.seq >= seq]
-    failed = yield from _unwind(engine)
+    yield from _unwind(engine, SagaError(f"fork from step {seq}"), from_seq=seq)
+    failed = [(s, n) for s, n in engine.outstanding() if s >= seq]
     if failed:
-        status = engine.finish_failure(SagaError(f"fork from step {seq}"), failed)
+        status = engine.finish_failure(SagaError(f"fork from step {seq}"))
         raise RunFailed(
             f"saga_core: fork of run {engine.key!r} from step {seq} could not undo "
             + ", ".join(f"step {s} {n!r}" for s, n in failed)

@@ -14,7 +14,7 @@ from ._ledger import Prices
 from ._ledger_queries import Ledger
 from ._program import run_program
 from ._retry import RetryPolicy
-from ._serde import Serializer
+from ._serde import Serializer, check_text
 from ._store import RunRecord, RunStatus, SQLiteStore, Store
 
 __all__ = ["AsyncWorkflow", "Saga", "Workflow"]
@@ -50,6 +50,7 @@ class Saga:
     ) -> None:
         if not name or ":" in name:
             raise ValueError(f"Saga({name!r}): a non-empty name without ':' (keys embed it)")
+        check_text("the saga name", name)
         self.name = name
         self._store = store
         self.retry = retry or RetryPolicy()

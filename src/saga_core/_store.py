@@ -30,10 +30,13 @@ __all__ = [
     "default_db_path",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = ".saga/saga.db"
 
-RunStatus = Literal["running", "succeeded", "rolled_back", "needs_attention"]
+# ``compensating``: the durable rollback decision. A run found compensating (its owner
+# crashed or stalled mid-rollback) is finished backwards before anything goes forward.
+RunStatus = Literal["running", "compensating", "succeeded", "rolled_back", "needs_attention"]
+ACTIVE: frozenset[str] = frozenset({"running", "compensating"})
 Phase = Literal["step", "comp"]
 AttemptStatus = Literal["running", "done", "failed"]
 
@@ -59,14 +62,18 @@ class RunRecord(NamedTuple):
     updated: float
 
     def crashed(self, now: float) -> bool:
-        """Running, but its owner stopped renewing the lease."""
-        return self.status == "running" and self.lease_until < now
+        """Running or compensating, but its owner stopped renewing the lease."""
+        return self.status in ACTIVE and self.lease_until < now
 
 
 class StepRecord(NamedTuple):
     """One attempt of a step (``phase="step"``) or of its compensation (``"comp"``).
 
     ``ord`` orders every attempt of a run; ``seq`` is the 1-based step position.
+    ``incarnation`` counts executions of the position: it goes up once a compensation
+    completed, and a compensation row carries the incarnation it undoes.
+    ``compensation`` names an importable compensation (``module:qualname``), so a
+    rollback can run it from the store when the workflow cannot replay up to the step.
     """
 
     ord: int
@@ -83,6 +90,8 @@ class StepRecord(NamedTuple):
     started: float
     ended: float | None
     generation: int
+    incarnation: int = 1
+    compensation: str | None = None
 
 
 class LLMRecord(NamedTuple):
@@ -138,12 +147,20 @@ class Store(Protocol):
         """Set the run's final status and release the lease."""
         ...
 
+    def set_status(
+        self, run_id: int, generation: int, status: RunStatus, error: str | None, now: float
+    ) -> None:
+        """Change the status of a run this owner holds, keeping the lease (the rollback
+        decision, and the way back to ``running`` once the rollback is finished)."""
+        ...
+
     def renew(self, run_id: int, generation: int, lease_until: float) -> None:
         """Extend the lease (heartbeat)."""
         ...
 
     def forget_steps(self, run_id: int, generation: int, from_seq: int) -> None:
-        """Drop the checkpoints of steps at ``from_seq`` and later (fork)."""
+        """Drop the checkpoints of steps at ``from_seq`` and later (fork). Compensation rows
+        stay: they say which incarnations were undone, so keys are never reused."""
         ...
 
     def record_llm(self, record: LLMRecord) -> None:
@@ -222,12 +239,12 @@ class MemoryStore:
                 self._steps[run_id] = {}
             elif run.status == "succeeded" and not reopen:
                 return run, []
-            elif run.status == "running" and run.lease_until >= now:
+            elif run.status in ACTIVE and run.lease_until >= now:
                 raise _in_progress(saga, key, run, now)
             else:
                 prior = run.status
                 run = run._replace(
-                    status="running",
+                    status="compensating" if prior == "compensating" else "running",
                     generation=run.generation + 1,
                     lease_until=now + lease_seconds,
                     inputs=run.inputs if run.inputs is not None else inputs,
@@ -270,6 +287,14 @@ class MemoryStore:
                 status=status, result=result, error=error, lease_until=0.0, updated=now
             )
 
+    def set_status(
+        self, run_id: int, generation: int, status: RunStatus, error: str | None, now: float
+    ) -> None:
+        """Status change keeping the lease (see :class:`Store`)."""
+        with self._lock:
+            run = self._owned(run_id, generation)
+            self._runs[(run.saga, run.key)] = run._replace(status=status, error=error, updated=now)
+
     def renew(self, run_id: int, generation: int, lease_until: float) -> None:
         """Heartbeat (see :class:`Store`)."""
         with self._lock:
@@ -281,7 +306,7 @@ class MemoryStore:
         with self._lock:
             self._owned(run_id, generation)
             steps = self._steps[run_id]
-            for ord_ in [o for o, s in steps.items() if s.seq >= from_seq]:
+            for ord_ in [o for o, s in steps.items() if s.seq >= from_seq and s.phase == "step"]:
                 del steps[ord_]
 
     def record_llm(self, record: LLMRecord) -> None:
@@ -349,6 +374,8 @@ CREATE TABLE steps (
     started REAL NOT NULL,
     ended REAL,
     generation INTEGER NOT NULL,
+    incarnation INTEGER NOT NULL DEFAULT 1,
+    compensation TEXT,
     PRIMARY KEY (run_id, ord)
 ) WITHOUT ROWID;
 CREATE TABLE llm_calls (
@@ -374,18 +401,24 @@ CREATE TABLE llm_calls (
 CREATE INDEX llm_calls_run ON llm_calls (run_id);
 """
 
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE steps ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE steps ADD COLUMN compensation TEXT",
+    "UPDATE saga_meta SET value = '2' WHERE name = 'schema_version'",
+)
+
 _RUN_COLUMNS = (
     "id, saga, key, status, generation, lease_until, inputs, result, error, created, updated"
 )
 _STEP_COLUMNS = (
     "ord, seq, name, kind, phase, attempt, status, input_hash, inputs, output, error, "
-    "started, ended, generation"
+    "started, ended, generation, incarnation, compensation"
 )
 # One statement, one commit: the row is written only while this owner's generation holds,
 # and the lease is renewed by the same transaction.
 _WRITE_STEP = f"""
 INSERT INTO steps (run_id, {_STEP_COLUMNS})
-SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? AND generation = ?)
 ON CONFLICT (run_id, ord) DO UPDATE SET
     status = excluded.status, output = excluded.output, error = excluded.error,
@@ -454,7 +487,11 @@ class SQLiteStore:
                     "saga_core a file of its own."
                 )
             row = db.execute("SELECT value FROM saga_meta WHERE name='schema_version'").fetchone()
-        version = row[0] if row else None
+            version = row[0] if row else None
+            if version == "1":  # same tables; steps gained two columns
+                for statement in _MIGRATE_1_TO_2:
+                    db.execute(statement)
+                version = str(SCHEMA_VERSION)
         if version != str(SCHEMA_VERSION):
             raise StoreError(
                 f"saga_core: {self.path} has schema version {version}, this saga_core reads "
@@ -524,7 +561,7 @@ class SQLiteStore:
                         [],
                     )
                 run = self._run(row)
-                if run.status == "running" and run.lease_until >= now:
+                if run.status in ACTIVE and run.lease_until >= now:
                     raise _in_progress(saga, key, run, now)
                 if run.status != "succeeded" or reopen:
                     run = run._replace(  # the status stays the prior one: see Store.acquire
@@ -533,8 +570,10 @@ class SQLiteStore:
                         inputs=run.inputs if run.inputs is not None else inputs,
                         updated=now,
                     )
+                    # A rollback decision outlives its owner: compensating stays compensating.
                     db.execute(
-                        "UPDATE runs SET status='running', generation=?, lease_until=?, "
+                        "UPDATE runs SET status=CASE status WHEN 'compensating' THEN status "
+                        "ELSE 'running' END, generation=?, lease_until=?, "
                         "inputs=?, updated=? WHERE id=?",
                         (run.generation, run.lease_until, run.inputs, now, run.id),
                     )
@@ -557,7 +596,8 @@ class SQLiteStore:
         s = step
         params = (
             run_id, s.ord, s.seq, s.name, s.kind, s.phase, s.attempt, s.status, s.input_hash,
-            s.inputs, s.output, s.error, s.started, s.ended, s.generation, run_id, generation,
+            s.inputs, s.output, s.error, s.started, s.ended, s.generation, s.incarnation,
+            s.compensation, run_id, generation,
         )
         with self._lock:
             db = self._db
@@ -595,6 +635,18 @@ class SQLiteStore:
         if not written:
             raise _lease_lost(run_id, generation)
 
+    def set_status(
+        self, run_id: int, generation: int, status: RunStatus, error: str | None, now: float
+    ) -> None:
+        """Status change keeping the lease (see :class:`Store`)."""
+        with self._lock:
+            written = self._db.execute(
+                "UPDATE runs SET status=?, error=?, updated=? WHERE id=? AND generation=?",
+                (status, error, now, run_id, generation),
+            ).rowcount
+        if not written:
+            raise _lease_lost(run_id, generation)
+
     def renew(self, run_id: int, generation: int, lease_until: float) -> None:
         """Heartbeat (see :class:`Store`)."""
         with self._lock:
@@ -610,7 +662,9 @@ class SQLiteStore:
             ).fetchone()
             if owned is None:
                 raise _lease_lost(run_id, generation)
-            db.execute("DELETE FROM steps WHERE run_id=? AND seq>=?", (run_id, from_seq))
+            db.execute(
+                "DELETE FROM steps WHERE run_id=? AND seq>=? AND phase='step'", (run_id, from_seq)
+            )
 
     def record_llm(self, record: LLMRecord) -> None:
         """Append one LLM attempt (its own commit: spend is kept even if the step fails)."""

@@ -131,12 +131,12 @@ def test_show_points_at_the_stuck_step_and_what_is_still_owed(ops: Ops) -> None:
 
 
 def test_rollback_finishes_the_outstanding_compensation_and_is_idempotent(ops: Ops) -> None:
-    assert "reports:adv-9:2026-05:3:upload" in ops.effects()
+    assert "reports:adv-9%3A2026-05:3:upload" in ops.effects()
     first = ops.saga("rollback", "adv-9:2026-05", "--app", "ops_app:report")
     assert first.returncode == 0, first.stderr
     assert "is rolled_back" in first.stdout
     assert "compensation of step 3 'upload': done" in first.stderr  # progress
-    assert "reports:adv-9:2026-05:3:upload" not in ops.effects()
+    assert "reports:adv-9%3A2026-05:3:upload" not in ops.effects()
     again = ops.saga("rollback", "adv-9:2026-05", "--app", "ops_app:report", "--format", "json")
     assert again.returncode == 0
     assert json.loads(again.stdout) == {"key": "adv-9:2026-05", "status": "rolled_back"}
@@ -226,7 +226,7 @@ def test_a_store_of_another_schema_version_is_a_clear_error(ops: Ops, tmp_path: 
         conn.execute("UPDATE saga_meta SET value = '0' WHERE name = 'schema_version'")
     result = ops.saga("runs", "--db", str(copy))
     assert result.returncode == 2
-    assert "schema version 0, this saga_core reads version 1" in result.stderr
+    assert "schema version 0, this saga_core reads version 2" in result.stderr
 
 
 def test_bad_option_values_are_usage_errors(ops: Ops) -> None:

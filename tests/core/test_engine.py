@@ -119,7 +119,7 @@ def test_resume_after_rollback_reuses_cached_pure_steps_and_reruns_compensated_o
 
     result = report.run(key="k")  # no arguments: the stored ones are reused
 
-    assert result == "s:k:4:log"
+    assert result == "s:k:4:log:2"  # its compensation ran: a new incarnation, a new key
     assert world.ran("fetch") == 0 and world.ran("summarize") == 0
     assert world.ran("upload") == 1 and world.ran("log") == 1 and world.ran("notify") == 1
     assert sorted(world.effects.values()) == ["log", "notify", "upload"]
@@ -137,7 +137,7 @@ def test_succeeded_run_returns_recorded_result_without_executing_anything(
     assert report.status("k") == "succeeded"
 
 
-def test_idempotency_key_is_stable_across_retries_and_resumes_and_reaches_compensation(
+def test_idempotency_key_is_stable_across_retries_reaches_compensation_and_changes_after_it(
     make_saga: Callable[..., Saga],
 ) -> None:
     saga = make_saga("ads")
@@ -168,7 +168,9 @@ def test_idempotency_key_is_stable_across_retries_and_resumes_and_reaches_compen
         ("ads:adv-7:1:upload", 1, False),  # timeout: transient, retried
         ("ads:adv-7:1:upload", 2, False),  # ValueError: terminal
         ("ads:adv-7:1:upload", 1, True),  # the compensation, with the step's key
-        ("ads:adv-7:1:upload", 3, False),  # the resume: attempts keep counting
+        # The resume after the compensation completed: a new incarnation, a new key (an
+        # API that replays by key would otherwise return what the compensation deleted).
+        ("ads:adv-7:1:upload:2", 3, False),
     ]
 
 
@@ -529,7 +531,7 @@ def test_fork_undoes_later_effects_and_reruns_from_the_chosen_step(
     report.run("adv", key="k")
     world.log.clear()
 
-    assert report.fork("k", "upload") == "s:k:4:log"
+    assert report.fork("k", "upload") == "s:k:4:log:2"  # redone steps: new incarnations
 
     assert world.log == [
         ("undo", "log"),
@@ -573,7 +575,7 @@ def test_async_workflows_share_the_same_semantics(
     assert clock.slept == [1.0]
     world.log.clear()
 
-    assert asyncio.run(report.run(key="k")) == "s:k:4:log"
+    assert asyncio.run(report.run(key="k")) == "s:k:4:log:2"
     assert world.log == [("run", "upload"), ("run", "log")]
     assert asyncio.run(report.rollback("k")) == "rolled_back"
     assert world.effects == {}

@@ -14,11 +14,16 @@ import pytest
 
 from saga_core import (
     BudgetExceededError,
+    Ledger,
+    LLMCall,
+    LLMRecord,
+    MemoryStore,
     ModelPrice,
     Prices,
     RetryPolicy,
     RunFailed,
     Saga,
+    StepRecord,
     UnknownModelWarning,
     metered_http_client,
 )
@@ -121,7 +126,7 @@ def test_resume_bills_no_token_for_a_completed_llm_step(make_saga: Callable[...,
     assert saga.ledger.failed_run_tax("k").tokens == 0
 
 
-def test_llm_work_redone_after_compensation_counts_as_duplicate_spend_and_tax(
+def test_llm_work_redone_after_compensation_is_resume_cost_not_duplicate_spend(
     make_saga: Callable[..., Saga],
 ) -> None:
     api = FakeAnthropic()
@@ -145,9 +150,11 @@ def test_llm_work_redone_after_compensation_counts_as_duplicate_spend_and_tax(
         wf.run(key="k")
     wf.run(key="k")
 
-    duplicates = saga.ledger.duplicates("k")
-    assert [(r.name, r.attempt) for r in duplicates] == [("draft", 2)]
-    assert saga.ledger.duplicate_spend("k").tokens == 1200
+    # The draft was compensated: buying it again is the price of resuming (a new
+    # incarnation), counted in the failed-run tax, never as duplicate spend.
+    assert [(r.name, r.attempt) for r in saga.ledger.records("k")] == [("draft", 1), ("draft", 2)]
+    assert saga.ledger.duplicates("k") == []
+    assert saga.ledger.duplicate_spend("k").tokens == 0
     assert saga.ledger.failed_run_tax("k").tokens == 1200
 
 
@@ -246,3 +253,29 @@ def test_the_budget_cap_stops_retrying_and_fails_terminally(make_saga: Callable[
     assert isinstance(failed.value.__cause__, BudgetExceededError)
     assert "budget" in str(failed.value)
     assert len(api.requests) == 2  # the second attempt crossed the cap: no third
+
+
+def test_duplicate_spend_is_a_step_billed_again_within_the_incarnation_it_completed() -> None:
+    store = MemoryStore()
+    run, _ = store.acquire("s", "k", 0.0, 30.0, None)
+
+    def row(ord_: int, attempt: int, incarnation: int, phase: str = "step") -> StepRecord:
+        return StepRecord(
+            ord_, 1, "draft", "compensable", phase, attempt, "done", "h", "[[],{}]", "1", None,
+            0.0, 1.0, 1, incarnation,
+        )
+
+    def billed(attempt: int) -> LLMRecord:
+        call = LLMCall("claude-sonnet-4-5", input_tokens=100, output_tokens=10)
+        return LLMRecord(run.id, 1, "draft", "step", attempt, 1, call, 0.001, 0.0)
+
+    # Attempt 1 completed incarnation 1; attempt 2 billed it again while that output was
+    # valid (a duplicate). Then it was compensated; attempt 3 is incarnation 2 (resume cost).
+    for record in (row(1, 1, 1), row(2, 2, 1), row(3, 1, 1, "comp"), row(4, 3, 2)):
+        store.write_step(run.id, 1, record, None)
+    for attempt in (1, 2, 3):
+        store.record_llm(billed(attempt))
+
+    ledger = Ledger(store, "s")
+    assert [r.attempt for r in ledger.duplicates("k")] == [2]
+    assert ledger.duplicate_spend("k").tokens == 110

@@ -1,15 +1,23 @@
 """Stateful property test: runs, crashes, lease expiries, rollbacks and fault plans in any order.
 
 A fake world records what the workflow's steps do: the effects compensable steps create
-(keyed by idempotency key, idempotent set/pop), how many times each pure ("LLM") step
-completed per input, and every compensation call. Invariants are checked after each rule.
+(a Stripe-style API: a create under a key it has seen replays, even after a delete),
+how many times each pure ("LLM") step completed per input, and every compensation call.
+Faults: step and compensation failures, crashes at any engine event (inside
+compensations and mid-rollback included), failures of the workflow's own code between
+steps on replay, and owners that stall past their lease while another takes over. Run
+keys and step names hold separators. Invariants are checked after each rule; they
+include the status invariants (``rolled_back`` ⇒ nothing live, ``succeeded`` ⇒ every
+effect live once) and "no two incarnations share an idempotency key".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from saga_core import (
+    Event,
+    LeaseLostError,
     MemoryStore,
     NeedsAttentionError,
     RetryPolicy,
@@ -47,8 +57,16 @@ class Fault:
     where: str = "before"  # step faults: before or after the step's work
 
 
-def _ik(key: str, pos: int, name: str) -> str:
-    return f"{SAGA}:{key}:{pos}:{name}"
+# Engine events a crash can hit (a simulated process death at that point).
+CRASH_EVENTS = st.sampled_from([
+    "step_start", "step_returned", "checkpoint", "step_end", "compensation_start",
+    "compensation_returned", "compensation_end",
+])
+# Where an owner can stall and be taken over: between its fenced writes. (Inside a step
+# body the stale owner's effect would land late whatever the engine does: only the
+# remote service could fence it.)
+STALL_EVENTS = st.sampled_from(["run_start", "step_end", "step_cached", "compensation_end"])
+KEYS = st.text(alphabet="ab:1%", min_size=1, max_size=4)
 
 
 # 3 to 5 steps, at least one pure and one compensable, in any order.
@@ -81,7 +99,7 @@ class SagaMachine(RuleBasedStateMachine):
             compensate_retry=RetryPolicy(attempts=2, initial=0.1, jitter=0),
             lease_seconds=LEASE,
         )
-        self.key = "k0"
+        self.key = "k:0"
         self.keys = [self.key]
         # run key -> {idempotency key: effect}
         self.effects: dict[str, dict[str, str]] = {}
@@ -92,6 +110,16 @@ class SagaMachine(RuleBasedStateMachine):
         self.episode = 0
         self.step_fault: Fault | None = None
         self.comp_fault: Fault | None = None
+        self.between: int | None = None  # the workflow's own code fails before this step
+        self.ever_created: set[str] = set()  # keys the Stripe-style API has seen
+        # idempotency key -> (run key, position, incarnation) that used it
+        self.key_owner: dict[str, tuple[str, int, int]] = {}
+        self.collisions: list[str] = []
+        self.lost: Counter[tuple[str, str]] = Counter()  # completions a crash kept unrecorded
+        self.crash_plan: tuple[str, int] | None = None
+        self.stall_plan: tuple[str, int] | None = None
+        self.stalled = False
+        self.saga.observe(self._on_event)
         self.steps: list[tuple[str, str]] = []
         self.expected: list[str] = []
         self.wf: Any = None
@@ -120,17 +148,53 @@ class SagaMachine(RuleBasedStateMachine):
             raise ValueError(f"injected permanent compensation failure at step {pos}")
         raise Crash(f"injected crash in compensation of step {pos}")
 
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "rollback_start":
+            self.episode += 1  # one run() may finish a rollback, go forward and roll back again
+        if self.crash_plan is not None and (event.kind, event.seq) == self.crash_plan:
+            self.crash_plan = None
+            if event.kind == "step_returned":  # done but not checkpointed: runs again
+                self.lost[(event.key, event.name or "")] += 1
+            raise Crash(f"injected crash at {event.kind} of step {event.seq}")
+        if self.stall_plan is not None and event.kind == self.stall_plan[0] and (
+            event.seq in (None, self.stall_plan[1])
+        ):
+            self.stall_plan = None
+            self._take_over(event.key)
+
+    def _take_over(self, key: str) -> None:
+        """This owner stalls past its lease; a new process runs the key to its end, with
+        whatever faults are armed, while the first one sleeps."""
+        self.clock.advance(LEASE + 1)
+        self.stalled = True
+        self.episode += 1
+
+        def other_owner() -> None:
+            with contextlib.suppress(BaseException):  # any outcome: the invariants judge it
+                self.wf_run(key)
+
+        thread = threading.Thread(target=other_owner)  # its own context, like a process
+        thread.start()
+        thread.join()
+        self.episode += 1
+
+    def _use_key(self, ctx: Any) -> None:
+        owner = (ctx.key, ctx.seq, ctx.incarnation)
+        if self.key_owner.setdefault(ctx.idempotency_key, owner) != owner:
+            self.collisions.append(f"{ctx.idempotency_key}: {self.key_owner[ctx.idempotency_key]}, {owner}")
+
     def make_step(self, pos: int, name: str, kind: str) -> Callable[[str], str]:
         def step(inp: str) -> str:
             ctx = current_step()
             assert not ctx.compensating
             assert ctx.seq == pos
-            assert ctx.key == self.key
-            assert ctx.idempotency_key == _ik(ctx.key, pos, name)
+            self._use_key(ctx)
             self._fault(pos, "before")
             out = f"{name}<{inp}>"
-            if kind == "comp":
-                self.effects.setdefault(ctx.key, {})[ctx.idempotency_key] = out  # idempotent create
+            if kind == "comp" and ctx.idempotency_key not in self.ever_created:
+                # Stripe-style: a key seen before replays (creates nothing), even if deleted.
+                self.ever_created.add(ctx.idempotency_key)
+                self.effects.setdefault(ctx.key, {})[ctx.idempotency_key] = out
             self._fault(pos, "after")
             if kind == "pure":
                 self.pure_done[(ctx.key, name, inp)] += 1  # completed: the LLM was bought
@@ -143,8 +207,10 @@ class SagaMachine(RuleBasedStateMachine):
             ctx = current_step()
             assert ctx.compensating
             assert ctx.seq == pos
-            assert ctx.key == self.key
-            assert ctx.idempotency_key == _ik(ctx.key, pos, name)
+            # The key of the incarnation it undoes: the one its step used.
+            assert self.key_owner.get(ctx.idempotency_key, (ctx.key, pos, ctx.incarnation)) == (
+                ctx.key, pos, ctx.incarnation
+            )
             assert output in (None, f"{name}<{inp}>")
             self.comp_log.append((self.episode, pos, "call"))
             self._comp_fault(pos)
@@ -165,14 +231,22 @@ class SagaMachine(RuleBasedStateMachine):
             v = SEED
             outs = []
             for pos, (name, _kind) in steps:
+                self._between(pos)
                 v = run.step(name, fns[pos], v, compensate=undos.get(pos))
                 outs.append(v)
             return outs
 
         self.wf = wf
 
+    def _between(self, pos: int) -> None:
+        if self.between == pos:
+            raise KeyError(f"config read before step {pos} failed")
+
     def call_run(self) -> Any:
-        return self.wf.run(key=self.key)
+        return self.wf_run(self.key)
+
+    def wf_run(self, key: str) -> Any:
+        return self.wf.run(key=key)
 
     def call_rollback(self) -> str:
         return self.wf.rollback(self.key)  # type: ignore[no-any-return]
@@ -181,7 +255,7 @@ class SagaMachine(RuleBasedStateMachine):
 
     @initialize(kinds=SHAPES)
     def setup(self, kinds: list[str]) -> None:
-        self.steps = [(f"{'llm' if k == 'pure' else 'book'}{i}", k) for i, k in enumerate(kinds, 1)]
+        self.steps = [(f"{'llm' if k == 'pure' else 'book'}:{i}", k) for i, k in enumerate(kinds, 1)]
         v = SEED
         for name, _ in self.steps:
             v = f"{name}<{v}>"
@@ -193,21 +267,24 @@ class SagaMachine(RuleBasedStateMachine):
 
     def _do_run(self) -> None:
         self.episode += 1
+        self.stalled = False
         failed: RunFailed | None = None
         try:
             result = self.call_run()
+        except LeaseLostError:
+            assert self.stalled, "only a stalled owner loses its lease"
         except RunFailed as exc:
             failed = exc
         except NeedsAttentionError:
             assert self._status() == "needs_attention"
         except RunInProgressError:
-            assert self._status() == "running"
+            assert self._status() in ("running", "compensating")
         except Crash:
-            assert self._status() == "running"
+            assert self.stalled or self._status() in ("running", "compensating")
         else:
             assert result == self.expected
-            assert self._status() == "succeeded"
-        if failed is not None:
+            assert self.stalled or self._status() == "succeeded"
+        if failed is not None and not self.stalled:
             assert failed.status in ("rolled_back", "needs_attention")
             assert self._status() == failed.status
 
@@ -251,6 +328,25 @@ class SagaMachine(RuleBasedStateMachine):
     def clear_faults(self) -> None:
         self.step_fault = None
         self.comp_fault = None
+        self.between = None
+        self.crash_plan = None
+        self.stall_plan = None
+
+    @rule(pos=st.integers(2, 5))
+    def break_between_steps(self, pos: int) -> None:
+        """The workflow's own code now fails before step ``pos`` (on every replay)."""
+        self.between = (pos - 1) % len(self.steps) + 1
+
+    @rule(kind=CRASH_EVENTS, pos=st.integers(1, 5))
+    def crash_at_event(self, kind: str, pos: int) -> None:
+        self.crash_plan = (kind, (pos - 1) % len(self.steps) + 1)
+        self._do_run()
+        self.clock.advance(LEASE + 1)
+
+    @rule(kind=STALL_EVENTS, pos=st.integers(1, 5))
+    def stall_and_take_over(self, kind: str, pos: int) -> None:
+        self.stall_plan = (kind, (pos - 1) % len(self.steps) + 1)
+        self._do_run()
 
     @rule()
     def resume(self) -> None:
@@ -270,20 +366,23 @@ class SagaMachine(RuleBasedStateMachine):
     @rule()
     def rollback(self) -> None:
         self.episode += 1
+        self.stalled = False
         try:
             status = self.call_rollback()
         except RunInProgressError:
-            assert self._status() == "running"
-        except Crash:
-            assert self._status() == "running"
+            assert self._status() in ("running", "compensating")
+        except (Crash, LeaseLostError):
+            assert self.stalled or self._status() in ("running", "compensating")
         else:
             assert status in ("rolled_back", "needs_attention")
             assert self._status() == status
 
-    @rule()
-    def new_key(self) -> None:
+    @rule(key=KEYS)
+    def new_key(self, key: str = "") -> None:
         """Start working on a fresh run key (earlier keys stay in the store and are checked)."""
-        self.key = f"k{len(self.keys)}"
+        while not key or key in self.keys:
+            key += f":{len(self.keys)}"
+        self.key = key
         self.keys.append(self.key)
 
     # ------------------------------------------------------------------ invariants
@@ -296,8 +395,14 @@ class SagaMachine(RuleBasedStateMachine):
                 assert not left, f"run {key!r} is rolled_back but effects are live: {left}"
 
     @invariant()
+    def no_two_incarnations_share_a_key(self) -> None:
+        assert not self.collisions, self.collisions
+
+    @invariant()
     def pure_steps_never_rebought(self) -> None:
-        rebought = {k: n for k, n in self.pure_done.items() if n > 1}
+        rebought = {
+            k: n for k, n in self.pure_done.items() if n > 1 + self.lost[(k[0], k[1])]
+        }
         assert not rebought, f"pure steps executed more than once: {rebought}"
 
     @invariant()
@@ -325,12 +430,11 @@ class SagaMachine(RuleBasedStateMachine):
         for key in self.keys:
             if self.wf is None or self._status(key) != "succeeded":
                 continue
-            want = {
-                _ik(key, pos, name): self.expected[pos - 1]
-                for pos, (name, kind) in enumerate(self.steps, 1)
-                if kind == "comp"
-            }
-            assert self.effects.get(key) == want
+            want = sorted(
+                self.expected[pos - 1] for pos, (_, kind) in enumerate(self.steps, 1) if kind == "comp"
+            )
+            live = sorted(self.effects.get(key, {}).values())
+            assert live == want, f"run {key!r} is succeeded but its live effects are {live}"
             record = self.saga.get_run(key)
             assert record is not None
             assert self.saga.serializer.load(record.result) == self.expected
@@ -361,14 +465,15 @@ class AsyncSagaMachine(SagaMachine):
             v = SEED
             outs = []
             for pos, (name, _kind) in steps:
+                self._between(pos)
                 v = await run.step(name, fns[pos], v, compensate=undos.get(pos))
                 outs.append(v)
             return outs
 
         self.wf = wf
 
-    def call_run(self) -> Any:
-        return asyncio.run(self.wf.run(key=self.key))
+    def wf_run(self, key: str) -> Any:
+        return asyncio.run(self.wf.run(key=key))
 
     def call_rollback(self) -> str:
         return asyncio.run(self.wf.rollback(self.key))  # type: ignore[no-any-return]

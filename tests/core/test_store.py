@@ -88,7 +88,7 @@ def test_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     SQLiteStore(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE saga_meta SET value='99' WHERE name='schema_version'")
-    with pytest.raises(StoreError, match=r"schema version 99.*reads version 1"):
+    with pytest.raises(StoreError, match=r"schema version 99.*reads version 2"):
         SQLiteStore(path)
 
 
@@ -186,3 +186,28 @@ def test_the_heartbeat_renews_the_lease_of_a_long_step(tmp_path: Path) -> None:
 
     assert wf.run(key="k") == "done"
     assert renewed.is_set(), "the lease was not renewed while the step ran"
+
+
+def test_a_version_1_store_is_migrated_in_place_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "saga.db"
+    store = SQLiteStore(path)
+    run, _ = store.acquire("s", "k", 0.0, 30.0, None)
+    store.write_step(run.id, run.generation, step_row(1, run.generation), None)
+    store.close()
+    db = sqlite3.connect(path)  # what a version-1 saga_core wrote: no incarnation columns
+    db.executescript(
+        "CREATE TABLE old AS SELECT run_id, ord, seq, name, kind, phase, attempt, status, "
+        "input_hash, inputs, output, error, started, ended, generation FROM steps; "
+        "DROP TABLE steps; ALTER TABLE old RENAME TO steps; "
+        "UPDATE saga_meta SET value = '1' WHERE name = 'schema_version';"
+    )
+    db.close()
+
+    migrated = SQLiteStore(path)
+
+    assert migrated.load_steps(run.id) == [step_row(1, run.generation)]
+    assert migrated.load_steps(run.id)[0].incarnation == 1
+    version = sqlite3.connect(path).execute(
+        "SELECT value FROM saga_meta WHERE name = 'schema_version'"
+    ).fetchone()
+    assert version == ("2",)

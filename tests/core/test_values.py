@@ -125,7 +125,9 @@ def test_pydantic_core_is_imported_only_when_a_value_needs_it() -> None:
     assert out.stdout.split() == ["False", "True"]
 
 
-@pytest.mark.parametrize("value", [iter([1, 2]), (x for x in [1]), bytearray(b"ab")], ids=repr)
+@pytest.mark.parametrize(
+    "value", [iter([1, 2]), (x for x in [1]), bytearray(b"ab")], ids=["iterator", "generator", "bytearray"]
+)
 def test_iterators_and_bytes_are_still_refused(value: Any) -> None:
     with pytest.raises(CheckpointError, match="output of step 's'"):
         Serializer().dump_output("s", value)
