@@ -1,4 +1,5 @@
-"""Real processes: a run survives SIGKILL at every step boundary, and a key has one owner.
+"""Real processes: a run survives SIGKILL at every step and compensation boundary, and a
+key has one owner.
 
 Worker scripts are written to ``tmp_path`` and run with ``sys.executable``. Steps write
 their effects into a separate SQLite "world" database keyed by the step's idempotency
@@ -32,18 +33,22 @@ KEY = "order-1"
 ORDER = "o1"
 LEASE = 0.2  # seconds: the dead owner's lease expires quickly
 
-# The worker: argv = store world log key action kill, where action is "run" or
-# "rollback" and kill is "<seq><point>" (point a: before the effect, b: after the effect
-# but before the step returns, c: after the step's "done" checkpoint) or "none".
+# The worker: argv = store world log key action kill [confirm], where action is "run",
+# "resume" (run(key) with its stored arguments) or "rollback" and kill is "<seq><point>"
+# (point a: before the step's effect, b: after the effect but before the step returns,
+# c: after the step's "done" checkpoint; d: before the compensation's effect, e: after it
+# but before the compensation returns, f: after the compensation's "done" checkpoint,
+# before the next compensation starts) or "none". confirm adds a pure fifth step that
+# fails terminally ("fail") or succeeds ("ok"); "none" (the default) leaves it out.
 CRASH_WORKER = f"""
 import json, os, signal, sqlite3, sys, time
 
-from saga_core import RunInProgressError, Saga, SQLiteStore, current_step
+from saga_core import RunFailed, RunInProgressError, Saga, SQLiteStore, current_step
 
 STEPS = {STEPS!r}
 
 
-def build(store_path, world_path, log_path, kill="none"):
+def build(store_path, world_path, log_path, kill="none", confirm="none"):
     kill_seq, kill_point = (int(kill[:-1]), kill[-1]) if kill != "none" else (0, "")
     world = sqlite3.connect(world_path, isolation_level=None, timeout=5.0)
     world.execute(
@@ -77,7 +82,9 @@ def build(store_path, world_path, log_path, kill="none"):
         def undo(output, value):
             ctx = current_step()
             log("comp", name, ctx.idempotency_key, output)
+            die_at(seq, "d")
             world.execute("DELETE FROM effects WHERE idem_key = ?", (ctx.idempotency_key,))
+            die_at(seq, "e")
 
         return step, undo
 
@@ -85,12 +92,23 @@ def build(store_path, world_path, log_path, kill="none"):
     saga.observe(
         lambda ev: die_at(ev.seq, "c") if ev.kind == "checkpoint" and ev.status == "done" else None
     )
+    saga.observe(
+        lambda ev: die_at(ev.seq, "f")
+        if ev.kind == "compensation_end" and ev.status == "done" else None
+    )
     actions = [(name, *make_step(seq, name)) for seq, name in enumerate(STEPS, 1)]
+
+    def confirm_order(value):
+        if confirm == "fail":
+            raise ValueError("card declined")  # not transient: the run fails terminally
+        return value
 
     @saga.workflow
     def order(run, value):
         for name, step, undo in actions:
             value = run.step(name, step, value, compensate=undo)
+        if confirm != "none":
+            value = run.step("confirm", confirm_order, value)
         return value
 
     return order, world, saga.store
@@ -111,13 +129,18 @@ def act(order, key, action, fresh):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)  # noqa: real lease expiry (the dead owner's lease, {LEASE}s)
+        except RunFailed as exc:
+            outcome = {{"failed": exc.status}}
+            break
     return {{"outcome": outcome, "status": order.status(key)}}
 
 
 if __name__ == "__main__":
     store_path, world_path, log_path, key, action, kill = sys.argv[1:7]
-    order, _, _ = build(store_path, world_path, log_path, kill)
-    print(json.dumps(act(order, key, action, fresh=True)))
+    confirm = sys.argv[7] if len(sys.argv) > 7 else "none"
+    order, _, _ = build(store_path, world_path, log_path, kill, confirm)
+    done = act(order, key, "run" if action == "resume" else action, fresh=action == "run")
+    print(json.dumps(done))
 """
 
 # The race worker: argv = store world worker_id. Reads one run key per line on stdin,
@@ -173,14 +196,31 @@ class World:
         self.world = tmp_path / "world.db"
         self.log = tmp_path / "executions.log"
 
-    def crash(self, seq: int, point: str) -> None:
+    def crash(self, seq: int, point: str, confirm: str = "none") -> None:
         """Start the run in a worker process that SIGKILLs itself at ``point`` of step ``seq``."""
-        argv = [str(self.store), str(self.world), str(self.log), KEY, "run", f"{seq}{point}"]
+        argv = [
+            str(self.store), str(self.world), str(self.log), KEY, "run", f"{seq}{point}", confirm
+        ]
         proc = subprocess.run(
             [sys.executable, str(self.script), *argv],
             env=_env(), capture_output=True, text=True, timeout=30, check=False,
         )
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr)
+
+    def recover(self, action: str, confirm: str) -> dict[str, Any]:
+        """Resume (``resume``) or ``rollback`` the crashed run in a fresh worker process."""
+        argv = [str(self.store), str(self.world), str(self.log), KEY, action, "none", confirm]
+        proc = subprocess.run(
+            [sys.executable, str(self.script), *argv],
+            env=_env(), capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+    def status(self) -> str | None:
+        with contextlib.closing(SQLiteStore(self.store)) as store:
+            record = store.get_run(SAGA, KEY)
+        return None if record is None else record.status
 
     def finish(self, action: str) -> dict[str, Any]:
         """Resume (``run``) or ``rollback`` the crashed run here, in the test's own process."""
@@ -202,8 +242,9 @@ class World:
         return [row[1:] for row in rows if row[0] == kind]
 
 
-def idem(seq: int) -> str:
-    return f"{SAGA}:{KEY}:{seq}:{STEPS[seq - 1]}"
+def idem(seq: int, incarnation: int = 1) -> str:
+    key = f"{SAGA}:{KEY}:{seq}:{STEPS[seq - 1]}"
+    return key if incarnation == 1 else f"{key}:{incarnation}"
 
 
 def payload(seq: int) -> str:
@@ -277,6 +318,100 @@ def test_rollback_after_sigkill_past_the_last_checkpoint_undoes_all_four_steps(t
     assert [name for name, *_ in world.lines("comp")] == list(reversed(STEPS))
     assert world.finish("rollback")["status"] == "rolled_back"  # idempotent: nothing left to undo
     assert len(world.lines("comp")) == len(STEPS)
+
+
+# Kills inside a rollback. The run fails terminally at a pure fifth step ("confirm"), after
+# all four compensable steps completed, so the rollback undoes steps 4, 3, 2, 1 in turn.
+# The recovery is a fresh worker process, once the dead owner's lease has run out:
+#   resume, fault gone: run(key) finishes the rollback, then goes forward again in the same
+#       call and succeeds, every step a new incarnation under a new idempotency key;
+#   resume, fault persists: the same, but the new incarnations fail again and are undone;
+#   rollback: rollback(key) finishes the rollback.
+RECOVERIES = {
+    "resume-fault-gone": ("resume", "ok"),
+    "resume-fault-persists": ("resume", "fail"),
+    "rollback": ("rollback", "fail"),
+}
+COMP_POINT_NAMES = {
+    "d": "before-comp-effect", "e": "after-comp-effect", "f": "after-comp-checkpoint"
+}
+
+
+def _kill_mid_rollback_then_recover(tmp_path: Path, seq: int, point: str, recovery: str) -> None:
+    """SIGKILL the rollback at ``point`` of step ``seq``'s compensation, recover in a fresh
+    process, and check that the world and the stored status agree."""
+    last = len(STEPS)
+    world = World(tmp_path)
+    world.crash(seq, point, confirm="fail")
+
+    # The decision to roll back outlived its owner.
+    assert world.status() == "compensating"
+    live = range(1, seq + 1) if point == "d" else range(1, seq)
+    assert world.effects() == sorted((idem(s), STEPS[s - 1], payload(s)) for s in live)
+
+    action, confirm = RECOVERIES[recovery]
+    done = world.recover(action, confirm)
+
+    def comps(seqs: range, incarnation: int = 1) -> list[list[Any]]:
+        return [[STEPS[s - 1], idem(s, incarnation), payload(s)] for s in seqs]
+
+    # Before the kill, compensations ran newest first down to step ``seq``. The recovery
+    # runs again only a compensation whose "done" checkpoint never landed (at-least-once),
+    # under the key of the incarnation it undoes, then the rest, newest first.
+    redone = seq if point in "de" else seq - 1
+    rollback = [*comps(range(last, seq - 1, -1)), *comps(range(redone, 0, -1))]
+    executed = Counter((name, key) for name, key, _ in world.lines("step"))
+    first = {(name, idem(s)): 1 for s, name in enumerate(STEPS, 1)}
+    if recovery == "rollback":
+        assert done == {"outcome": "rolled_back", "status": "rolled_back"}
+        assert world.effects() == []  # rolled_back: no effect left live
+        assert world.lines("comp") == rollback
+        assert executed == first  # nothing re-run
+        return
+
+    # Forward again: each compensated step runs once more as its second incarnation.
+    second = {(name, idem(s, 2)): 1 for s, name in enumerate(STEPS, 1)}
+    assert executed == first | second
+    if recovery == "resume-fault-gone":
+        assert done == {"outcome": payload(last), "status": "succeeded"}
+        # succeeded: every compensable effect live exactly once, the new incarnation's.
+        assert world.effects() == sorted(
+            (idem(s, 2), STEPS[s - 1], payload(s)) for s in range(1, last + 1)
+        )
+        assert world.lines("comp") == rollback
+    else:
+        assert done == {"outcome": {"failed": "rolled_back"}, "status": "rolled_back"}
+        assert world.effects() == []
+        assert world.lines("comp") == [*rollback, *comps(range(last, 0, -1), 2)]
+
+
+def _comp_cases(seqs: range, point: str) -> Any:
+    return pytest.mark.parametrize(
+        ("seq", "recovery"),
+        [(s, r) for s in seqs for r in RECOVERIES],
+        ids=[f"comp{s}-{COMP_POINT_NAMES[point]}-{r}" for s in seqs for r in RECOVERIES],
+    )
+
+
+@_comp_cases(range(len(STEPS), 0, -1), "d")
+def test_a_kill_before_a_compensation_effect_is_finished_backwards_before_the_run_goes_on(
+    tmp_path: Path, seq: int, recovery: str
+) -> None:
+    _kill_mid_rollback_then_recover(tmp_path, seq, "d", recovery)
+
+
+@_comp_cases(range(len(STEPS), 0, -1), "e")
+def test_a_kill_after_a_compensation_effect_is_finished_backwards_then_forward(
+    tmp_path: Path, seq: int, recovery: str
+) -> None:
+    _kill_mid_rollback_then_recover(tmp_path, seq, "e", recovery)
+
+
+@_comp_cases(range(len(STEPS), 1, -1), "f")
+def test_a_kill_between_two_compensations_resumes_the_rollback_without_repeating_a_finished_one(
+    tmp_path: Path, seq: int, recovery: str
+) -> None:
+    _kill_mid_rollback_then_recover(tmp_path, seq, "f", recovery)
 
 
 TRIALS = 150
