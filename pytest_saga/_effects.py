@@ -14,17 +14,40 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "DirectoryWatcher",
     "SQLiteTableWatcher",
     "SagaEffects",
     "Snapshot",
+    "StateRule",
     "Watcher",
 ]
 
 Snapshot = dict[str, dict[str, str]]  # watcher name -> resource -> fingerprint
+# A watcher's state decoded (JSON fingerprints as objects) -> an equivalent state.
+StateRule = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _decode(fingerprint: str) -> Any:
+    """A fingerprint as a normaliser sees it: JSON (HTTP resources, table rows) decoded."""
+    if fingerprint[:1] in ("{", "["):
+        try:
+            return json.loads(fingerprint)
+        except ValueError:
+            pass
+    return fingerprint
+
+
+def _encode(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(
+        value, sort_keys=True, separators=(",", ":"), default=str
+    )
+
+
+def _base_url(where: object) -> str:
+    return str(getattr(where, "base_url", where)).rstrip("/")
 
 
 @runtime_checkable
@@ -127,6 +150,8 @@ class SagaEffects:
         self._last: Snapshot = {}
         self._running: str | None = None
         self._setups: dict[str, Callable[[], object]] = {}
+        # Declared equivalences, by what declared them (a body runs once per scenario).
+        self._rules: dict[tuple[object, ...], tuple[str | None, StateRule]] = {}
 
     def watch(self, watcher: Watcher) -> Watcher:
         """Add a watcher (anything with ``name``, ``snapshot()`` and ``origin()``)."""
@@ -139,7 +164,7 @@ class SagaEffects:
             if known.name == watcher.name:
                 return known  # a test body that runs once per scenario watches once
         self.watchers.append(watcher)
-        self.baseline.setdefault(watcher.name, watcher.snapshot())
+        self.baseline.setdefault(watcher.name, self._normalized(watcher.name, watcher.snapshot()))
         return watcher
 
     def watch_sqlite(self, path: str | Path, table: str, *, ignore: Iterable[str] = ("id",)) -> Watcher:
@@ -153,8 +178,7 @@ class SagaEffects:
     def setup(self, arrange: Callable[[], object]) -> None:
         """Arrange what the saga expects to exist (a bucket, a schema) now, and again after
         every reset between scenarios, before the baseline is taken: not an effect."""
-        code = getattr(arrange, "__code__", None)
-        key = f"{getattr(arrange, '__qualname__', '')}:{id(code) if code else id(arrange)}"
+        key = _code_key(arrange)
         if key not in self._setups:
             arrange()
         self._setups[key] = arrange
@@ -168,9 +192,67 @@ class SagaEffects:
         for arrange in self._setups.values():
             arrange()
 
+    # ------------------------------------------------------------------ equivalence
+
+    def normalize(self, fn: Callable[[str, Any], Any], *, watcher: object = None) -> None:
+        """Compare ``fn(resource, value)`` instead of each resource's value, in every check.
+
+        ``value`` is what the watcher records: an HTTP resource's JSON minus its id and a
+        table row's columns as a dict, an S3 object's ETag and a file's digest as a string.
+        Return the part that matters (drop a timestamp or a nonce), or ``None`` to leave
+        the resource out. ``watcher``: its name (``"http"``, ``"s3"``,
+        ``"sqlite:app.db/orders"``) or the watcher itself; ``None``: every watcher.
+        """
+
+        def rule(state: dict[str, Any]) -> dict[str, Any]:
+            kept = {resource: fn(resource, value) for resource, value in state.items()}
+            return {resource: value for resource, value in kept.items() if value is not None}
+
+        self._declare(("normalize", _code_key(fn)), watcher, rule)
+
+    def equivalent(self, rule: StateRule, *, watcher: object) -> None:
+        """Compare ``rule(state)`` instead of a watcher's whole state (resource → decoded
+        value, as :meth:`normalize` sees it): for equivalences across resources."""
+        self._declare(("equivalent", _code_key(rule)), watcher, rule)
+
+    def cancels(self, records: object, cancelled: object, *, by: str, watcher: object = "http") -> None:
+        """Each record under ``records`` cancels the record under ``cancelled`` whose id is
+        its ``by`` field (a refund cancels its charge): every such pair is left out of the
+        checks, so a refund-style compensation is not an orphan. ``records`` and
+        ``cancelled`` are fake collections or their base URLs."""
+        records_url, cancelled_url = _base_url(records), _base_url(cancelled)
+
+        def rule(state: dict[str, Any]) -> dict[str, Any]:
+            out = dict(state)
+            for resource, value in state.items():
+                if not resource.startswith(records_url + "/") or not isinstance(value, dict):
+                    continue
+                target = f"{cancelled_url}/{value.get(by)}"
+                if by in value and target in out and resource in out:
+                    del out[target], out[resource]
+            return out
+
+        self._declare(("cancels", records_url, cancelled_url, by), watcher, rule)
+
+    def _declare(self, key: tuple[object, ...], watcher: object, rule: StateRule) -> None:
+        name = None if watcher is None else str(getattr(watcher, "name", watcher))
+        self._rules[(*key, name)] = (name, rule)
+        for known in self.watchers:
+            if name is None or known.name == name:
+                self.baseline[known.name] = self._normalized(known.name, known.snapshot())
+
+    def _normalized(self, name: str, raw: dict[str, str]) -> dict[str, str]:
+        rules = [rule for watcher, rule in self._rules.values() if watcher in (None, name)]
+        if not rules:
+            return raw
+        state = {resource: _decode(value) for resource, value in raw.items()}
+        for rule in rules:
+            state = rule(state)
+        return {resource: _encode(value) for resource, value in state.items()}
+
     def snapshot(self) -> Snapshot:
-        """Every watcher's state now."""
-        return {w.name: w.snapshot() for w in self.watchers}
+        """Every watcher's state now (with the declared equivalences applied)."""
+        return {w.name: self._normalized(w.name, w.snapshot()) for w in self.watchers}
 
     def mark(self) -> Snapshot:
         """Take the baseline the no-orphans check compares with."""
@@ -263,6 +345,12 @@ class SagaEffects:
         found = self.duplicates(golden, self.snapshot())
         if found:
             raise AssertionError(_listing("effects differ from the reference run", found))
+
+
+def _code_key(fn: Callable[..., object]) -> str:
+    """The same for every closure made by one piece of code (a body run per scenario)."""
+    code = getattr(fn, "__code__", None)
+    return f"{getattr(fn, '__qualname__', '')}:{id(code) if code else id(fn)}"
 
 
 def _listing(title: str, lines: list[str]) -> str:

@@ -52,10 +52,10 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def fingerprint(body: dict[str, Any], id_field: str) -> str:
-    """A content fingerprint of a resource: its JSON minus the server-assigned id."""
+    """What a resource is, for comparisons: its canonical JSON minus the server-assigned id
+    (readable in a failure; a normaliser of ``SagaEffects`` receives it decoded)."""
     content = {k: v for k, v in body.items() if k != id_field}
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _error(status: int, type_: str, code: str, message: str, **headers: str) -> httpx.Response:
@@ -135,7 +135,7 @@ class FakeCollection:
         return iter(list(self.resources.values()))
 
     def snapshot(self) -> dict[str, str]:
-        """Resource URL → fingerprint of its JSON minus the id."""
+        """Resource URL → its canonical JSON minus the id."""
         return {self.url(rid): fingerprint(body, self.id_field) for rid, body in self.resources.items()}
 
     def clear(self) -> None:
@@ -379,8 +379,8 @@ class SagaHTTP(StartStop):
     # ------------------------------------------------------------------ watcher
 
     def snapshot(self) -> dict[str, str]:
-        """Every resource of every collection: URL → fingerprint of its JSON minus the id
-        (a duplicated create shows as an extra resource with the same fingerprint)."""
+        """Every resource of every collection: URL → its canonical JSON minus the id (a
+        duplicated create shows as an extra resource with the same JSON)."""
         out: dict[str, str] = {}
         for coll in self.collections.values():
             out.update(coll.snapshot())
