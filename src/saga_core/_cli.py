@@ -263,10 +263,16 @@ def cmd_show(args: argparse.Namespace) -> int:
             }
         )
     stuck = first_incomplete(rows) if run.status != "succeeded" else None
+    # A decided rollback (compensating, or needs_attention before any pivot) still owes
+    # every live compensable step its compensation.
+    decided = run.status in ("compensating", "needs_attention") and not any(
+        h.kind == "pivot" and h.done is not None for h in history.values()
+    )
     outstanding = [
         {"seq": seq, "step": h.name}
         for seq, h in sorted(history.items())
-        if h.live and (h.comp_failed or (_status(run, now) == "crashed" and h.kind == "compensable"))
+        if h.live and h.kind == "compensable"
+        and (decided or h.comp_failed or _status(run, now) == "crashed")
     ]
     summary = {
         "key": run.key, "saga": run.saga, "status": _status(run, now),
@@ -381,7 +387,7 @@ def cmd_stalled(args: argparse.Namespace) -> int:
     now = time.time()
     rows = []
     for run in store.runs(args.saga):
-        if run.status != "running":
+        if run.status not in ("running", "compensating"):
             continue
         steps = store.load_steps(run.id)
         last = max([run.updated, *(s.ended or s.started for s in steps)])
@@ -543,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("runs", "one line per run: key, saga, status, steps, attempts, spend, age")
     sub.add_argument(
-        "--status", choices=["running", "crashed", "succeeded", "rolled_back", "needs_attention"]
+        "--status",
+        choices=["running", "compensating", "crashed", "succeeded", "rolled_back", "needs_attention"],
     )
     sub.add_argument("--saga", help="only this saga")
     sub.add_argument("--since", type=duration, help="only runs started within this (7d)")
