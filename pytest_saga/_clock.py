@@ -1,52 +1,33 @@
-"""Virtual time for a test: freezegun once, and every sleep advances it instantly."""
+"""Virtual time for a test: time-machine once, and every sleep advances it instantly.
+
+Why time-machine and not freezegun: time-machine moves the C-level clock functions, so
+``time.time()`` and ``datetime.now()`` agree in every frame and every thread (the test
+body, the engine, its heartbeat thread, the SDKs); freezegun leaves real time to frames
+near pytest's and pluggy's (its ignore list), and swaps the ``datetime`` class, which
+pydantic models built under it trip over. ``time.monotonic()`` and
+``time.perf_counter()`` stay real, so pytest's durations and pytest-timeout keep real
+time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from ._context import StartStop
 
 __all__ = ["SagaClock"]
 
 START = datetime.datetime(2026, 5, 1, 9, 0, 0, tzinfo=datetime.UTC)
-# pytest's own timers (durations, timeouts) keep real time too.
-_UNFROZEN = ("pydantic", "pydantic_core", "anthropic", "_pytest", "pluggy", "xdist", "execnet")
-
-
-_models_completed = False
-
-
-def complete_lazy_models() -> None:
-    """Build the anthropic SDK's lazily-built pydantic models now, once per process.
-
-    freezegun swaps ``datetime.datetime`` for a stand-in; a model that pydantic first
-    builds while time is frozen fails on its datetime fields.
-    """
-    global _models_completed
-    if _models_completed or "anthropic" not in sys.modules:
-        return  # imported later, under frozen time, its models build fine: no 1.7 s import
-    _models_completed = True
-    import anthropic.types
-    import pydantic
-
-    for name in dir(anthropic.types):
-        model = getattr(anthropic.types, name)
-        if (
-            isinstance(model, type)
-            and issubclass(model, pydantic.BaseModel)
-            and not model.__pydantic_complete__
-        ):
-            model.model_rebuild()
 
 
 class SagaClock(StartStop):
-    """Frozen time; ``time.sleep``, ``asyncio.sleep`` and ``anyio.sleep`` (what tenacity,
-    saga_core and the anthropic SDK sleep with) advance it instead of waiting.
+    """Frozen virtual time; ``time.sleep``, ``asyncio.sleep`` and ``anyio.sleep`` (what
+    tenacity, saga_core and the anthropic SDK sleep with) advance it instead of waiting.
 
     Usable as a context manager, or with ``start()``/``stop()``.
     """
@@ -55,22 +36,18 @@ class SagaClock(StartStop):
         self.start_at = start
         self.slept = 0.0
         self.sleeps: list[float] = []
-        self._freezer: Any = None
-        self._frozen: Any = None
-        self._undo: list[Callable[[], None]] = []
+        self._travel: Any = None
+        self._coordinates: Any = None
+        self._patches: pytest.MonkeyPatch | None = None
 
     def start(self) -> SagaClock:
         """Freeze time and make sleeping virtual."""
-        import freezegun
+        import time_machine
 
-        complete_lazy_models()
-        # real_asyncio: the event loop keeps real time, only what code asks for is frozen.
-        # pydantic builds models lazily and must see the real datetime class, not
-        # freezegun's stand-in (the anthropic SDK's models break otherwise).
-        self._freezer = freezegun.freeze_time(
-            self.start_at, real_asyncio=True, ignore=list(_UNFROZEN)
-        )
-        self._frozen = self._freezer.start()
+        if self._travel is not None:
+            return self
+        self._travel = time_machine.travel(self.start_at, tick=False)
+        self._coordinates = self._travel.start()
         real_async_sleep = asyncio.sleep
 
         def sleep(seconds: float) -> None:
@@ -81,29 +58,25 @@ class SagaClock(StartStop):
             await real_async_sleep(0)
             return result
 
-        self._patch(time, "sleep", sleep)
-        self._patch(asyncio, "sleep", async_sleep)
+        self._patches = pytest.MonkeyPatch()
+        self._patches.setattr(time, "sleep", sleep)
+        self._patches.setattr(asyncio, "sleep", async_sleep)
         try:
             import anyio
         except ImportError:  # pragma: no cover - anthropic depends on anyio
             pass
         else:
-            self._patch(anyio, "sleep", async_sleep)
+            self._patches.setattr(anyio, "sleep", async_sleep)
         return self
-
-    def _patch(self, owner: Any, name: str, value: Any) -> None:
-        original = getattr(owner, name)
-        setattr(owner, name, value)
-        self._undo.append(lambda: setattr(owner, name, original))
 
     def stop(self) -> None:
         """Restore real time and real sleeps."""
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
-        if self._freezer is not None:
-            self._freezer.stop()
-            self._freezer = self._frozen = None
+        if self._patches is not None:
+            self._patches.undo()
+            self._patches = None
+        if self._travel is not None:
+            self._travel.stop()
+            self._travel = self._coordinates = None
 
     def advance(self, seconds: float, *, slept: bool = False) -> None:
         """Move virtual time forward (``slept``: count it as a sleep)."""
@@ -111,10 +84,9 @@ class SagaClock(StartStop):
         if slept:
             self.slept += seconds
             self.sleeps.append(seconds)
-        if self._frozen is not None:
-            self._frozen.tick(datetime.timedelta(seconds=seconds))
+        if self._coordinates is not None:
+            self._coordinates.shift(seconds)
 
     def now(self) -> float:
         """Virtual seconds since the epoch."""
         return time.time()
-

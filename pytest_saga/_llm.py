@@ -331,9 +331,6 @@ class SagaLLM(StartStop):
 
     def start(self) -> SagaLLM:
         """Serve SDK clients built from now on (and any request to api.anthropic.com)."""
-        from ._clock import complete_lazy_models
-
-        complete_lazy_models()  # before any saga_clock freezes time around them
         with _PATCH_LOCK:
             if not self._started:
                 _ACTIVE.append(self)

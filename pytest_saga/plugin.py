@@ -2,7 +2,7 @@
 scenario runner hook and the report.
 
 Importing this module must cost a suite that never uses sagas nothing: moto, respx,
-freezegun and anthropic are imported only by the fixtures that need them.
+time-machine and anthropic are imported only by the fixtures that need them.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 def test_importing_the_package_and_the_plugin_loads_no_mock_library() -> None:
     code = (
         "import sys, pytest_saga, pytest_saga.plugin; "
-        "print(sorted(m for m in ('moto', 'respx', 'anthropic', 'freezegun', 'saga_core') "
+        "print(sorted(m for m in ('moto', 'respx', 'anthropic', 'time_machine', 'saga_core') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
