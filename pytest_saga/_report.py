@@ -26,7 +26,8 @@ class Totals:
         self.scenarios = len(faulted)
         self.failed = sum(1 for r in faulted if not r["ok"])
         self.orphans = sum(len(r["orphans"]) for r in faulted)
-        self.duplicate_effects = sum(len(r["duplicate_effects"]) for r in faulted)
+        self.duplicate_effects = sum(_extra(r) for r in faulted)
+        self.missing_effects = sum(_missing(r) for r in faulted)
         self.duplicate_tokens = sum(r["duplicate_tokens"] for r in faulted)
         self.tokens = sum(r["tokens"] for r in rows)
         self.restart_tokens = sum(r["restart_tokens"] for r in faulted)
@@ -44,6 +45,7 @@ class Totals:
             "failed": self.failed,
             "orphans": self.orphans,
             "duplicate_effects": self.duplicate_effects,
+            "missing_effects": self.missing_effects,
             "duplicate_tokens": self.duplicate_tokens,
             "tokens": self.tokens,
             "restart_tokens": self.restart_tokens,
@@ -64,7 +66,7 @@ def collect(reports: Iterable[Any]) -> list[dict[str, Any]]:
             if name == PROPERTY:
                 for row in json.loads(value):
                     rows.append({"test": report.nodeid, **row})
-    rows.sort(key=lambda r: (r["test"], r["scenario"] != "reference", r["scenario"]))
+    rows.sort(key=lambda r: str(r["test"]))  # stable: each test's rows stay in pipeline order
     return rows
 
 
@@ -72,19 +74,30 @@ def _usd(value: float | None) -> str:
     return "n/a" if value is None else f"${value:.4f}"
 
 
+def _missing(row: dict[str, Any]) -> int:
+    return sum(1 for line in row["duplicate_effects"] if line.startswith("missing"))
+
+
+def _extra(row: dict[str, Any]) -> int:
+    return len(row["duplicate_effects"]) - _missing(row)
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Terminal lines: one row per scenario, then the totals."""
     totals = Totals(rows)
-    header = ("test", "scenario", "outcome", "orphans", "dup tokens", "tokens", "virtual s")
+    header = ("test", "scenario", "outcome", "orphans", "dup effects", "missing", "dup tokens", "tokens",
+              "virtual s")
     body = [
         (
             r["test"].rsplit("::", 1)[-1],
             r["scenario"],
             r["outcome"] + ("" if r["ok"] else "  FAILED"),
             str(len(r["orphans"])),
-            str(r["duplicate_tokens"]),
-            str(r["tokens"]),
-            f"{r['virtual_seconds']:g}",
+            str(_extra(r)),
+            str(_missing(r)),
+            f"{r['duplicate_tokens']:,}",
+            f"{r['tokens']:,}",
+            f"{r['virtual_seconds']:,g}",
         )
         for r in rows
     ]
@@ -96,11 +109,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     saved = totals.restart_tokens - totals.resume_tokens
     lines += [
         "",
-        f"totals: {totals.scenarios} scenarios, {totals.failed} failed, {totals.orphans} orphans, "
-        f"{totals.duplicate_effects} duplicate effects, {totals.duplicate_tokens} duplicate tokens",
-        f"failed-run tax: restart from scratch {totals.restart_tokens} tokens "
-        f"({_usd(totals.restart_usd)}) vs resume {totals.resume_tokens} tokens "
-        f"({_usd(totals.resume_usd)}): {saved} tokens saved",
+        f"totals: {totals.scenarios:,} scenarios, {totals.failed:,} failed, {totals.orphans:,} orphans, "
+        f"{totals.duplicate_effects:,} duplicate effects, {totals.missing_effects:,} missing effects, "
+        f"{totals.duplicate_tokens:,} duplicate tokens",
+        f"failed-run tax: restart from scratch {totals.restart_tokens:,} tokens "
+        f"({_usd(totals.restart_usd)}) vs resume {totals.resume_tokens:,} tokens "
+        f"({_usd(totals.resume_usd)}): {saved:,} tokens saved",
     ]
     return lines
 

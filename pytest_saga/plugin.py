@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import json
+import logging
 import os
 import warnings
 from collections.abc import Callable, Generator, Iterator
@@ -347,7 +348,15 @@ def _sweep(item: pytest.Function) -> str | None:
         )
     except SagaInvariantError as exc:
         return str(exc)
-    results += [harness.run(scenario) for scenario in scenarios]
+    # One "run ... is rolled_back" warning per scenario would bury the offenders: the
+    # table and the failure message say it all.
+    engine_log = logging.getLogger("saga_core")
+    level = engine_log.level
+    engine_log.setLevel(logging.ERROR)
+    try:
+        results += [harness.run(scenario) for scenario in scenarios]
+    finally:
+        engine_log.setLevel(level)
     # The reference run counts as a scenario when it broke something (the saga's order).
     faulted = results[1:] if not results[0].problems else results
     _record(item, results, faulted)

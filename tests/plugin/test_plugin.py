@@ -72,7 +72,8 @@ def test_fail_at_runs_the_reference_the_faulted_run_and_the_retry(orders: pytest
             "*saga scenarios*",
             "*test_order*reference*succeeded*",
             "*test_order*charge x 500*rolled_back*0*",
-            "totals: 1 scenarios, 0 failed, 0 orphans, 0 duplicate effects, 0 duplicate tokens",
+            "totals: 1 scenarios, 0 failed, 0 orphans, 0 duplicate effects, 0 missing effects, "
+            "0 duplicate tokens",
         ]
     )
 
