@@ -136,7 +136,7 @@ def test_failure_at_step_4_compensates_and_the_retry_buys_no_llm_call_and_duplic
     assert world.s3_keys() == ["reports/adv-42/2026-05.json"]
     assert world.log_rows() == [("adv-42", "reports/adv-42/2026-05.json")]
     assert len(world.webhooks) == 1
-    assert world.webhooks[0].headers["Idempotency-Key"] == "adreport:adv-42:2026-05:5:notify"
+    assert world.webhooks[0].headers["Idempotency-Key"] == "adreport:adv-42%3A2026-05:5:notify"
     assert json.loads(world.webhooks[0].content)["log_id"] == row_id
     assert report.run(key="adv-42:2026-05") == row_id  # succeeded: nothing runs again
     assert (len(world.webhooks), len(world.llm_requests)) == (1, 1)
@@ -164,5 +164,5 @@ def test_a_rejected_webhook_removes_the_row_and_the_report_it_had_created(
     assert world.log_rows() == [("adv-7", "reports/adv-7/2026-06.json")]
     assert len(world.llm_requests) == 1
     assert [r.headers["Idempotency-Key"] for r in world.webhooks] == [
-        "adreport:adv-7:2026-06:5:notify"
+        "adreport:adv-7%3A2026-06:5:notify"
     ] * 2
