@@ -122,7 +122,10 @@ class RunTracker:
         self.seed = seed
         self.events: list[Event] = []
         self.workflows: dict[str, Any] = {}
-        self.completed: dict[tuple[str, int], int] = {}
+        # (run key, seq, incarnation) -> the attempt that completed it first
+        self.completed: dict[tuple[str, int, int], int] = {}
+        # (run key, seq, attempt) -> the incarnation that attempt belonged to
+        self.incarnations: dict[tuple[str, int, int], int] = {}
         self.steps: dict[int, tuple[str, str]] = {}
 
     def __call__(self, event: Event) -> None:
@@ -134,15 +137,26 @@ class RunTracker:
             if saga is not None and saga.seed is None:
                 saga.seed = self.seed
         elif event.kind == "step_end" and event.status == "done" and event.seq is not None:
-            mark = (event.key, event.seq)
+            mark = (event.key, event.seq, event.incarnation or 1)
             if mark not in self.completed:
                 self.completed[mark] = event.attempt or 1
+        if event.kind == "step_start" and event.seq is not None:
+            self.incarnations[(event.key, event.seq, event.attempt or 1)] = event.incarnation or 1
         if event.kind in ("step_start", "step_cached") and event.seq is not None:
             self.steps.setdefault(event.seq, (event.name or "?", event.step_kind or "pure"))
 
     def reset(self) -> None:
         self.events.clear()
         self.completed.clear()
+        self.incarnations.clear()
+
+    def completed_before(self, key: str, seq: int, attempt: int) -> int | None:
+        """The attempt that completed the incarnation ``attempt`` belongs to, if earlier:
+        billing again then is duplicate spend. A compensated step re-run is a new
+        incarnation, its spend the price of resuming."""
+        incarnation = self.incarnations.get((key, seq, attempt), 1)
+        done = self.completed.get((key, seq, incarnation))
+        return done if done is not None and done < attempt else None
 
     def keys(self) -> list[str]:
         return list(dict.fromkeys(e.key for e in self.events if e.kind == "run_start"))
@@ -468,7 +482,7 @@ class SagaHarness:
                                                                  "connect", "partial")
         if status != "recovered" or not permanent:
             return
-        if not any(s == seq for (_, s) in self.tracker.completed):
+        if not any(s == seq for (_, s, _inc) in self.tracker.completed):
             name = self.profiles[seq].name
             result.problems.append(
                 f"step {seq} {name!r} failed on every attempt, yet the run succeeded: the "
@@ -589,8 +603,12 @@ class SagaHarness:
                     continue
                 tokens = call.tokens
                 spend.tokens += tokens
-                done = self.tracker.completed.get((call.run_key, call.seq)) if call.seq else None
-                if done is not None and not call.compensating and done < (call.attempt or 0):
+                done = (
+                    self.tracker.completed_before(call.run_key, call.seq, call.attempt or 0)
+                    if call.seq and call.run_key and not call.compensating
+                    else None
+                )
+                if done is not None:
                     spend.duplicate_tokens += tokens
                     spend.duplicates.append(
                         f"step {call.seq} {call.step!r} attempt {call.attempt} billed {tokens} "
