@@ -43,4 +43,5 @@ def test_reply(
     sent = build(saga, services).run("T-1042", TICKET, key="ticket:T-1042")
 
     assert sent["ticket"] == "T-1042"
-    assert len(drafts) == 1 and len(messages) == 1
+    assert len(drafts) == 1
+    assert len(messages) == 1
